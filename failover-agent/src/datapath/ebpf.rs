@@ -1,0 +1,434 @@
+//! The real datapath: the embedded eBPF object, loaded with aya.
+//!
+//! Pins (under [`DatapathOptions::pin_dir`], which must be on a bpffs):
+//! - `maps/UPLINKS`, `maps/GROUPS`, `maps/STATS`: reused by every later load,
+//!   so a restarted agent sees and steers the same datapath;
+//! - `links/xdp-<ifname>-<ifindex>`, `links/tc-<ifname>-<ifindex>`: the
+//!   program links. A link pin keeps its program attached after the agent
+//!   exits; a later attach finds the pin and leaves the link alone. The
+//!   ifindex in the name tells a re-created interface from the old one.
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use failover_common::{
+    GroupState, MAP_GROUPS, MAP_STATS, MAP_UPLINKS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_XDP,
+    UplinkConfig, UplinkStats,
+};
+use tracing::{debug, info};
+
+use super::{AttachOutcome, Counters, Datapath, DatapathError, DatapathOptions, XdpAttachMode};
+
+/// The eBPF object built by `build.rs`.
+#[cfg(not(failover_ebpf_missing))]
+pub fn object() -> Result<&'static [u8], DatapathError> {
+    Ok(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/failover-ebpf.o")))
+}
+
+/// The eBPF object was not built (toolchain missing at build time).
+#[cfg(failover_ebpf_missing)]
+pub fn object() -> Result<&'static [u8], DatapathError> {
+    Err(DatapathError::ObjectMissing)
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The aya-backed [`Datapath`].
+pub struct EbpfDatapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    xdp_mode: XdpAttachMode,
+    xdp_loaded: bool,
+    tc_loaded: bool,
+}
+
+impl std::fmt::Debug for EbpfDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EbpfDatapath").field("pin_dir", &self.pin_dir).finish_non_exhaustive()
+    }
+}
+
+/// Whether `path` (or its nearest existing ancestor) is on a bpffs.
+fn on_bpffs(path: &Path) -> bool {
+    let mut probe = Some(path);
+    while let Some(p) = probe {
+        if p.exists() {
+            let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else {
+                return false;
+            };
+            // SAFETY: `c` is a valid C string; `st` is plain data written by statfs.
+            let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
+                return false;
+            }
+            return i64::from(st.f_type) == BPF_FS_MAGIC;
+        }
+        probe = p.parent();
+    }
+    false
+}
+
+/// The ifindex of `ifname` in the calling thread's network namespace.
+pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
+    let missing = || DatapathError::NoSuchInterface {
+        ifname: ifname.to_string(),
+    };
+    let c = CString::new(ifname).map_err(|_| missing())?;
+    // SAFETY: `c` is a valid C string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(missing()),
+        index => Ok(index),
+    }
+}
+
+fn map_err(map: &'static str, op: impl Into<String>) -> impl FnOnce(MapError) -> DatapathError {
+    let op = op.into();
+    move |source| DatapathError::Map { map, op, source }
+}
+
+fn missing_map(name: &'static str) -> DatapathError {
+    DatapathError::Map {
+        map: name,
+        op: "find in the object".into(),
+        source: MapError::InvalidName { name: name.into() },
+    }
+}
+
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map, DatapathError> {
+    ebpf.map_mut(name).ok_or_else(|| missing_map(name))
+}
+
+fn map_ref<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map, DatapathError> {
+    ebpf.map(name).ok_or_else(|| missing_map(name))
+}
+
+fn link_pin(pin_dir: &Path, kind: &str, ifname: &str, ifindex: u32) -> PathBuf {
+    pin_dir.join("links").join(format!("{kind}-{ifname}-{ifindex}"))
+}
+
+/// Unpins a link and closes it, which detaches its program (nobody else
+/// holds it: the agent never keeps link fds besides the pins).
+fn detach_pinned(path: &Path, ifname: &str) -> Result<(), DatapathError> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Detach {
+        ifname: ifname.to_string(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let pinned = PinnedLink::from_pin(path).map_err(|e| err(Box::new(e)))?;
+    let link = pinned.unpin().map_err(|e| err(Box::new(e)))?;
+    drop(link);
+    Ok(())
+}
+
+impl EbpfDatapath {
+    /// Loads the object, reusing the maps pinned under `pin_dir` (or pinning
+    /// new ones). Nothing is attached yet.
+    pub fn open(opts: &DatapathOptions) -> Result<Self, DatapathError> {
+        let object = object()?;
+        if !on_bpffs(&opts.pin_dir) {
+            return Err(DatapathError::NotBpffs {
+                path: opts.pin_dir.clone(),
+            });
+        }
+        for sub in ["maps", "links"] {
+            let path = opts.pin_dir.join(sub);
+            fs::create_dir_all(&path).map_err(|source| DatapathError::PinDir { path, source })?;
+        }
+        let ebpf = EbpfLoader::new()
+            .default_map_pin_directory(opts.pin_dir.join("maps"))
+            .load(object)
+            .map_err(DatapathError::Load)?;
+        debug!(pin_dir = %opts.pin_dir.display(), "datapath object loaded");
+        Ok(Self {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            xdp_mode: opts.xdp_mode,
+            xdp_loaded: false,
+            tc_loaded: false,
+        })
+    }
+
+    /// The pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Detaches every pinned link under `pin_dir` and removes the pins,
+    /// maps included: the datapath is gone after this.
+    pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
+        let mut removed = Vec::new();
+        let links = pin_dir.join("links");
+        if let Ok(entries) = fs::read_dir(&links) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                detach_pinned(&path, &name)?;
+                removed.push(path);
+            }
+        }
+        if pin_dir.exists() {
+            fs::remove_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
+                path: pin_dir.to_path_buf(),
+                source,
+            })?;
+        }
+        Ok(removed)
+    }
+
+    fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG_XDP)
+            .ok_or(DatapathError::LoadProgram {
+                program: PROG_XDP,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::LoadProgram { program: PROG_XDP, source })?;
+        if !self.xdp_loaded {
+            prog.load()
+                .map_err(|source| DatapathError::LoadProgram { program: PROG_XDP, source })?;
+            self.xdp_loaded = true;
+        }
+        Ok(prog)
+    }
+
+    fn tc(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(PROG_TC_EGRESS)
+            .ok_or(DatapathError::LoadProgram {
+                program: PROG_TC_EGRESS,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| DatapathError::LoadProgram {
+                program: PROG_TC_EGRESS,
+                source,
+            })?;
+        if !self.tc_loaded {
+            prog.load().map_err(|source| DatapathError::LoadProgram {
+                program: PROG_TC_EGRESS,
+                source,
+            })?;
+            self.tc_loaded = true;
+        }
+        Ok(prog)
+    }
+
+    /// Attaches the XDP program to `ifname` and pins its link at `pin`.
+    fn attach_xdp(&mut self, ifname: &str, ifindex: u32, pin: &Path) -> Result<(), DatapathError> {
+        let flags = match self.xdp_mode {
+            XdpAttachMode::Native => XdpMode::Driver,
+            XdpAttachMode::Skb => XdpMode::Skb,
+        };
+        let attach_err = |source| DatapathError::Attach {
+            ifname: ifname.to_string(),
+            program: PROG_XDP,
+            source,
+        };
+        let prog = self.xdp()?;
+        let id = prog.attach_to_if_index(ifindex, flags).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
+            ifname: ifname.to_string(),
+            program: PROG_XDP,
+            path: pin.to_path_buf(),
+            source,
+        };
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
+        fd_link.pin(pin).map_err(|e| pin_err(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Attaches the TC egress program (TCX) to `ifname` and pins its link at `pin`.
+    fn attach_tc(&mut self, ifname: &str, pin: &Path) -> Result<(), DatapathError> {
+        let attach_err = |source| DatapathError::Attach {
+            ifname: ifname.to_string(),
+            program: PROG_TC_EGRESS,
+            source,
+        };
+        let prog = self.tc()?;
+        let id = prog.attach(ifname, TcAttachType::Egress).map_err(attach_err)?;
+        let link = prog.take_link(id).map_err(attach_err)?;
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
+            ifname: ifname.to_string(),
+            program: PROG_TC_EGRESS,
+            path: pin.to_path_buf(),
+            source,
+        };
+        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
+        fd_link.pin(pin).map_err(|e| pin_err(Box::new(e)))?;
+        Ok(())
+    }
+
+    fn uplinks(&mut self) -> Result<HashMap<&mut MapData, u32, UplinkConfig>, DatapathError> {
+        let map = map_mut(&mut self.ebpf, MAP_UPLINKS)?;
+        HashMap::try_from(map).map_err(map_err(MAP_UPLINKS, "open"))
+    }
+
+    fn reset_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let map = map_mut(&mut self.ebpf, MAP_STATS)?;
+        let mut stats: PerCpuArray<_, UplinkStats> =
+            PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
+            map: MAP_STATS,
+            op: "count possible CPUs".into(),
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "nr_cpus",
+                io_error: e,
+            }),
+        })?;
+        let zeros = PerCpuValues::try_from(vec![UplinkStats::default(); cpus]).map_err(|e| DatapathError::Map {
+            map: MAP_STATS,
+            op: format!("zero slot {slot}"),
+            source: MapError::SyscallError(aya::sys::SyscallError {
+                call: "PerCpuValues",
+                io_error: e,
+            }),
+        })?;
+        stats.set(slot, zeros, 0).map_err(map_err(MAP_STATS, format!("zero slot {slot}")))
+    }
+
+    /// Removes pins of `ifname` left from an interface with another ifindex
+    /// (deleted and re-created since): their links are dead.
+    fn remove_stale_pins(&self, ifname: &str, ifindex: u32) {
+        let Ok(entries) = fs::read_dir(self.pin_dir.join("links")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            for kind in ["xdp", "tc"] {
+                if let Some(index) = name
+                    .strip_prefix(kind)
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .and_then(|rest| rest.strip_prefix(ifname))
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    && index.parse::<u32>().is_ok_and(|i| i != ifindex)
+                {
+                    debug!(pin = %entry.path().display(), "removing the pin of a re-created interface");
+                    let _ = detach_pinned(&entry.path(), ifname);
+                }
+            }
+        }
+    }
+}
+
+impl Datapath for EbpfDatapath {
+    fn attach_uplink(&mut self, ifname: &str, config: &UplinkConfig) -> Result<AttachOutcome, DatapathError> {
+        if config.slot >= MAX_UPLINKS {
+            return Err(DatapathError::SlotOutOfRange {
+                ifname: ifname.to_string(),
+                slot: config.slot,
+                max: MAX_UPLINKS - 1,
+            });
+        }
+        let ifindex = ifindex(ifname)?;
+        self.remove_stale_pins(ifname, ifindex);
+        let xdp_pin = link_pin(&self.pin_dir, "xdp", ifname, ifindex);
+        let tc_pin = link_pin(&self.pin_dir, "tc", ifname, ifindex);
+        let xdp_reuse = xdp_pin.exists();
+        let tc_reuse = tc_pin.exists();
+
+        let previous = self.uplinks()?.get(&ifindex, 0).ok();
+        if !(xdp_reuse && tc_reuse) {
+            self.reset_stats(config.slot)?;
+        }
+        self.uplinks()?
+            .insert(ifindex, *config, 0)
+            .map_err(map_err(MAP_UPLINKS, format!("write the entry of {ifname}")))?;
+
+        // Undo on failure: nothing half-attached is left behind.
+        let restore = |this: &mut Self| {
+            if let Ok(mut uplinks) = this.uplinks() {
+                let _ = match previous {
+                    Some(old) => uplinks.insert(ifindex, old, 0),
+                    None => uplinks.remove(&ifindex),
+                };
+            }
+        };
+        if !xdp_reuse
+            && let Err(e) = self.attach_xdp(ifname, ifindex, &xdp_pin)
+        {
+            restore(self);
+            return Err(e);
+        }
+        if !tc_reuse
+            && let Err(e) = self.attach_tc(ifname, &tc_pin)
+        {
+            if !xdp_reuse {
+                let _ = detach_pinned(&xdp_pin, ifname);
+            }
+            restore(self);
+            return Err(e);
+        }
+        let outcome = if xdp_reuse && tc_reuse {
+            AttachOutcome::Reused
+        } else {
+            AttachOutcome::Attached
+        };
+        info!(ifname, ifindex, ?outcome, "uplink datapath ready");
+        Ok(outcome)
+    }
+
+    fn update_uplink(&mut self, ifname: &str, config: &UplinkConfig) -> Result<(), DatapathError> {
+        let ifindex = ifindex(ifname)?;
+        self.uplinks()?
+            .insert(ifindex, *config, 0)
+            .map_err(map_err(MAP_UPLINKS, format!("update the entry of {ifname}")))
+    }
+
+    fn detach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        let ifindex = ifindex(ifname)?;
+        for kind in ["xdp", "tc"] {
+            let pin = link_pin(&self.pin_dir, kind, ifname, ifindex);
+            if pin.exists() {
+                detach_pinned(&pin, ifname)?;
+            }
+        }
+        match self.uplinks()?.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(MAP_UPLINKS, format!("remove the entry of {ifname}"))(e)),
+        }
+    }
+
+    fn set_group(&mut self, group: u32, state: &GroupState) -> Result<(), DatapathError> {
+        let map = map_mut(&mut self.ebpf, MAP_GROUPS)?;
+        let mut groups: HashMap<_, u32, GroupState> = HashMap::try_from(map).map_err(map_err(MAP_GROUPS, "open"))?;
+        groups
+            .insert(group, *state, 0)
+            .map_err(map_err(MAP_GROUPS, format!("write group {group}")))
+    }
+
+    fn group(&self, group: u32) -> Result<Option<GroupState>, DatapathError> {
+        let map = map_ref(&self.ebpf, MAP_GROUPS)?;
+        let groups: HashMap<_, u32, GroupState> = HashMap::try_from(map).map_err(map_err(MAP_GROUPS, "open"))?;
+        match groups.get(&group, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_GROUPS, format!("read group {group}"))(e)),
+        }
+    }
+
+    fn counters(&self, slot: u32) -> Result<Counters, DatapathError> {
+        let map = map_ref(&self.ebpf, MAP_STATS)?;
+        let stats: PerCpuArray<_, UplinkStats> = PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
+        let values = stats
+            .get(&slot, 0)
+            .map_err(map_err(MAP_STATS, format!("read slot {slot}")))?;
+        Ok(Counters::sum(values.iter()))
+    }
+}
+

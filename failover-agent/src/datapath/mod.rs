@@ -1,0 +1,217 @@
+//! The kernel datapath, seen from the agent: attach the programs to an
+//! uplink, flip a group with one map update, read an uplink's counters.
+//!
+//! [`Datapath`] is what the rest of the agent uses; [`ebpf::EbpfDatapath`] is
+//! the real one (the only code in the agent that touches aya).
+
+pub mod ebpf;
+
+use std::{path::PathBuf, time::Duration};
+
+use failover_common::{GroupState, UplinkConfig, UplinkStats};
+
+pub use ebpf::EbpfDatapath;
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// In the driver (native XDP): fastest where the driver supports it.
+    #[default]
+    Native,
+    /// Generic XDP in the network stack: works on every device; on veth it
+    /// keeps TSO and the peer's MTU (see the README's datapath notes).
+    Skb,
+}
+
+impl std::str::FromStr for XdpAttachMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "native" => Ok(Self::Native),
+            "skb" => Ok(Self::Skb),
+            other => Err(format!("unknown XDP mode {other:?}: expected \"native\" or \"skb\"")),
+        }
+    }
+}
+
+/// Where and how the datapath lives.
+#[derive(Clone, Debug)]
+pub struct DatapathOptions {
+    /// bpffs directory for pinned maps (`maps/`) and program links (`links/`).
+    pub pin_dir: PathBuf,
+    pub xdp_mode: XdpAttachMode,
+}
+
+/// What attaching to an uplink did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// The programs were attached now.
+    Attached,
+    /// Both programs were already attached (pinned by an earlier run) and
+    /// were left running: nothing was detached, no packet lost.
+    Reused,
+}
+
+/// An uplink's counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub valid_replies: u64,
+    pub rejected_replies: u64,
+    /// `CLOCK_MONOTONIC` time of the last valid reply, if any.
+    pub last_reply: Option<Duration>,
+    /// Sender MAC of the last valid reply, if any.
+    pub gateway_mac: Option<[u8; 6]>,
+    pub ingress_dropped_inactive: u64,
+    pub egress_redirected: u64,
+    pub egress_dropped_flood: u64,
+    pub egress_rewritten: u64,
+    pub probes_out: u64,
+}
+
+impl Counters {
+    /// Sums per-CPU counters: counts add up; the newest reply (and its MAC) wins.
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a UplinkStats>) -> Self {
+        let mut out = Self::default();
+        let mut newest = 0u64;
+        for s in per_cpu {
+            out.valid_replies += s.valid_replies;
+            out.rejected_replies += s.rejected_replies;
+            out.ingress_dropped_inactive += s.ingress_dropped_inactive;
+            out.egress_redirected += s.egress_redirected;
+            out.egress_dropped_flood += s.egress_dropped_flood;
+            out.egress_rewritten += s.egress_rewritten;
+            out.probes_out += s.probes_out;
+            if s.valid_replies > 0 && s.last_reply_ns >= newest {
+                newest = s.last_reply_ns;
+                out.last_reply = Some(Duration::from_nanos(s.last_reply_ns));
+                out.gateway_mac = Some(s.gateway_mac);
+            }
+        }
+        out
+    }
+}
+
+/// Errors at the datapath boundary. Each names the interface, map or path
+/// concerned and what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(
+        "this failover-agent was built without the eBPF datapath (the eBPF toolchain was \
+         missing at build time): run `./dev setup`, then rebuild"
+    )]
+    ObjectMissing,
+    #[error("{path} is not on a bpffs: mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NotBpffs { path: PathBuf },
+    #[error("pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object")]
+    Load(#[source] aya::EbpfError),
+    #[error("loading program {program} into the kernel")]
+    LoadProgram {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface {ifname}: no such interface")]
+    NoSuchInterface { ifname: String },
+    #[error("interface {ifname}: attaching {program}")]
+    Attach {
+        ifname: String,
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("interface {ifname}: pinning the {program} link at {path}")]
+    PinLink {
+        ifname: String,
+        program: &'static str,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("interface {ifname}: detaching the link pinned at {path}")]
+    Detach {
+        ifname: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("map {map}: {op}")]
+    Map {
+        map: &'static str,
+        op: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("interface {ifname}: uplink slot {slot} is out of range (at most {max})")]
+    SlotOutOfRange { ifname: String, slot: u32, max: u32 },
+}
+
+/// The datapath as the agent drives it.
+pub trait Datapath {
+    /// Writes the uplink's configuration, then attaches the XDP and TC egress
+    /// programs to `ifname` (or keeps the ones an earlier run pinned). On
+    /// error nothing of this uplink is left attached.
+    fn attach_uplink(&mut self, ifname: &str, config: &UplinkConfig) -> Result<AttachOutcome, DatapathError>;
+    /// Replaces an attached uplink's configuration (e.g. its gateway MAC became known).
+    fn update_uplink(&mut self, ifname: &str, config: &UplinkConfig) -> Result<(), DatapathError>;
+    /// Detaches both programs from `ifname` and forgets its configuration.
+    fn detach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError>;
+    /// Writes a group's state in one map update: this is the switchover.
+    fn set_group(&mut self, group: u32, state: &GroupState) -> Result<(), DatapathError>;
+    /// Reads a group's state.
+    fn group(&self, group: u32) -> Result<Option<GroupState>, DatapathError>;
+    /// Reads an uplink's counters.
+    fn counters(&self, slot: u32) -> Result<Counters, DatapathError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_sum_over_cpus_and_keep_newest_reply() {
+        let a = UplinkStats {
+            valid_replies: 2,
+            rejected_replies: 1,
+            last_reply_ns: 500,
+            gateway_mac: [2, 0, 0, 0, 0, 1],
+            egress_redirected: 4,
+            ..UplinkStats::default()
+        };
+        let b = UplinkStats {
+            valid_replies: 3,
+            last_reply_ns: 900,
+            gateway_mac: [2, 0, 0, 0, 0, 2],
+            probes_out: 7,
+            ..UplinkStats::default()
+        };
+        let idle = UplinkStats::default();
+        let c = Counters::sum([&a, &idle, &b]);
+        assert_eq!(c.valid_replies, 5);
+        assert_eq!(c.rejected_replies, 1);
+        assert_eq!(c.egress_redirected, 4);
+        assert_eq!(c.probes_out, 7);
+        assert_eq!(c.last_reply, Some(Duration::from_nanos(900)));
+        assert_eq!(c.gateway_mac, Some([2, 0, 0, 0, 0, 2]));
+    }
+
+    #[test]
+    fn counters_without_replies_have_no_time_or_mac() {
+        let c = Counters::sum([&UplinkStats::default(), &UplinkStats::default()]);
+        assert_eq!(c.last_reply, None);
+        assert_eq!(c.gateway_mac, None);
+    }
+
+    #[test]
+    fn xdp_mode_parses_and_names_bad_input() {
+        assert_eq!("skb".parse::<XdpAttachMode>(), Ok(XdpAttachMode::Skb));
+        assert_eq!("native".parse::<XdpAttachMode>(), Ok(XdpAttachMode::Native));
+        let err = "driver".parse::<XdpAttachMode>().unwrap_err();
+        assert!(err.contains("\"driver\""), "{err}");
+    }
+}

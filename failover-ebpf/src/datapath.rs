@@ -1,0 +1,166 @@
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    macros::{classifier, map, xdp},
+    maps::{HashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
+};
+use failover_common::{
+    GroupState, MAX_GROUPS, MAX_UPLINKS, PROBE_MARK, UplinkConfig, UplinkStats,
+    frame::{Egress, Frame, Ingress, classify_ingress, egress_action},
+};
+
+/// The map flag that makes a hash map allocate each element on update, so an
+/// update replaces the whole value at once under RCU.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map(name = "UPLINKS")]
+static UPLINKS: HashMap<u32, UplinkConfig> = HashMap::pinned(MAX_UPLINKS, 0);
+
+#[map(name = "GROUPS")]
+static GROUPS: HashMap<u32, GroupState> = HashMap::pinned(MAX_GROUPS, BPF_F_NO_PREALLOC);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<UplinkStats> = PerCpuArray::pinned(MAX_UPLINKS, 0);
+
+/// The XDP frame, read with a bounds check against `data_end` on every load.
+struct XdpFrame<'a>(&'a XdpContext);
+
+impl Frame for XdpFrame<'_> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + off + N > end {
+            return None;
+        }
+        // SAFETY: `start + off .. start + off + N` lies inside the frame
+        // (checked above, and the verifier checks it again).
+        Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+    }
+}
+
+#[inline(always)]
+fn stats(slot: u32) -> Option<&'static mut UplinkStats> {
+    // SAFETY: per-CPU value, only this CPU writes it while we run.
+    STATS.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
+}
+
+#[xdp]
+pub fn failover_xdp(ctx: XdpContext) -> u32 {
+    try_xdp(&ctx)
+}
+
+#[inline(always)]
+fn try_xdp(ctx: &XdpContext) -> u32 {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is only read; the agent replaces entries whole.
+    let Some(cfg) = (unsafe { UPLINKS.get(&ifindex) }) else {
+        return xdp_action::XDP_PASS; // not an uplink we know: fail open
+    };
+    let cfg = *cfg;
+    // SAFETY: as above.
+    let active = match unsafe { GROUPS.get(&cfg.group) } {
+        Some(group) => group.active_ifindex == 0 || group.active_ifindex == ifindex,
+        None => true, // no decision yet: behave as active (fail open)
+    };
+    match classify_ingress(&XdpFrame(ctx), &cfg) {
+        Ingress::Malformed => xdp_action::XDP_PASS,
+        Ingress::ValidReply { gateway_mac } => {
+            if let Some(s) = stats(cfg.slot) {
+                s.valid_replies += 1;
+                // SAFETY: helper without preconditions.
+                s.last_reply_ns = unsafe { bpf_ktime_get_ns() };
+                s.gateway_mac = gateway_mac;
+            }
+            xdp_action::XDP_DROP // the agent's, not the VMs'
+        }
+        Ingress::Rejected(_) => {
+            if let Some(s) = stats(cfg.slot) {
+                s.rejected_replies += 1;
+            }
+            if active { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+        }
+        Ingress::Other => {
+            if active {
+                xdp_action::XDP_PASS
+            } else {
+                if let Some(s) = stats(cfg.slot) {
+                    s.ingress_dropped_inactive += 1;
+                }
+                xdp_action::XDP_DROP
+            }
+        }
+    }
+}
+
+#[classifier]
+pub fn failover_tc_egress(ctx: TcContext) -> i32 {
+    try_tc_egress(&ctx)
+}
+
+#[inline(always)]
+fn try_tc_egress(ctx: &TcContext) -> i32 {
+    // SAFETY: `skb` is the context pointer the kernel passed in.
+    let (ifindex, mark) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).mark) };
+    // SAFETY: read-only lookups; the agent replaces entries whole.
+    let Some(cfg) = (unsafe { UPLINKS.get(&ifindex) }) else {
+        return TC_ACT_OK as i32;
+    };
+    let slot = cfg.slot;
+    let group_id = cfg.group;
+    if mark == PROBE_MARK {
+        if let Some(s) = stats(slot) {
+            s.probes_out += 1;
+        }
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: as above.
+    let Some(group) = (unsafe { GROUPS.get(&group_id) }) else {
+        return TC_ACT_OK as i32;
+    };
+    let Ok(dst) = ctx.load::<[u8; 6]>(0) else {
+        return TC_ACT_OK as i32; // shorter than a MAC: not ours to judge
+    };
+    match egress_action(ifindex, &dst, group) {
+        Egress::Pass => TC_ACT_OK as i32,
+        Egress::Drop => {
+            if let Some(s) = stats(slot) {
+                s.egress_dropped_flood += 1;
+            }
+            TC_ACT_SHOT as i32
+        }
+        Egress::Rewrite(mac) => {
+            if ctx.store(0, &mac, 0).is_ok()
+                && let Some(s) = stats(slot)
+            {
+                s.egress_rewritten += 1;
+            }
+            TC_ACT_OK as i32
+        }
+        Egress::Redirect { ifindex, new_dst } => {
+            if let Some(mac) = new_dst
+                && ctx.store(0, &mac, 0).is_ok()
+                && let Some(s) = stats(slot)
+            {
+                s.egress_rewritten += 1;
+            }
+            if let Some(s) = stats(slot) {
+                s.egress_redirected += 1;
+            }
+            // SAFETY: helper; returns TC_ACT_REDIRECT, or TC_ACT_SHOT on a bad ifindex.
+            let verdict = unsafe { bpf_redirect(ifindex, 0) };
+            if verdict == i64::from(TC_ACT_REDIRECT) { TC_ACT_REDIRECT } else { TC_ACT_SHOT as i32 }
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
