@@ -33,20 +33,39 @@ pub const NDP_OPT_SLLA: u8 = 1;
 pub const NDP_OPT_TLLA: u8 = 2;
 pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 
-/// Read access to a frame. `load` returns `None` when `off + N` runs past
-/// the end of the frame: that is how truncation is detected.
+/// Read access to a frame. `read` fills `out` with the `N` bytes at `off`
+/// and returns true, or returns false (leaving `out` alone) when they run
+/// past the end of the frame: that is how truncation is detected.
+///
+/// (An out-parameter rather than `Option<[u8; N]>`: the payload of a `None`
+/// is undefined, and LLVM may fill it from a packet pointer that the eBPF
+/// verifier then refuses to see shifted.)
 pub trait Frame {
-    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+    fn read<const N: usize>(&self, off: usize, out: &mut [u8; N]) -> bool;
 }
 
 impl Frame for [u8] {
     #[inline(always)]
-    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
-        let bytes = self.get(off..off.checked_add(N)?)?;
-        let mut out = [0u8; N];
-        out.copy_from_slice(bytes);
-        Some(out)
+    fn read<const N: usize>(&self, off: usize, out: &mut [u8; N]) -> bool {
+        match off.checked_add(N).and_then(|end| self.get(off..end)) {
+            Some(bytes) => {
+                out.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
     }
+}
+
+/// `let x: [u8; N] = read!(frame, offset, N);` or return `Ingress::Malformed`.
+macro_rules! read {
+    ($f:expr, $off:expr, $n:literal) => {{
+        let mut buf = [0u8; $n];
+        if !$f.read($off, &mut buf) {
+            return Ingress::Malformed;
+        }
+        buf
+    }};
 }
 
 /// What the XDP program makes of a frame arriving on an uplink.
@@ -109,11 +128,6 @@ pub fn is_group_mac(mac: &[u8; 6]) -> bool {
     mac[0] & 1 != 0
 }
 
-#[inline(always)]
-fn load_u16<F: Frame + ?Sized>(f: &F, off: usize) -> Option<u16> {
-    f.load::<2>(off).map(u16::from_be_bytes)
-}
-
 /// Classifies a frame that arrived on the uplink described by `cfg`.
 ///
 /// A reply counts only if it is an ARP reply (IPv4 gateway) or a solicited
@@ -125,23 +139,13 @@ fn load_u16<F: Frame + ?Sized>(f: &F, off: usize) -> Option<u16> {
 /// [`Ingress::Malformed`] when it is cut short.
 #[inline(always)]
 pub fn classify_ingress<F: Frame + ?Sized>(f: &F, cfg: &UplinkConfig) -> Ingress {
-    let Some(eth_dst) = f.load::<6>(0) else {
-        return Ingress::Malformed;
-    };
-    let Some(eth_src) = f.load::<6>(6) else {
-        return Ingress::Malformed;
-    };
-    let Some(outer) = load_u16(f, 12) else {
-        return Ingress::Malformed;
-    };
+    let eth_dst = read!(f, 0, 6);
+    let eth_src = read!(f, 6, 6);
+    let outer = u16::from_be_bytes(read!(f, 12, 2));
     // At most one 802.1Q tag; anything stacked deeper is not a probe reply.
     let (vlan, ethertype, l3) = if outer == ETH_P_8021Q {
-        let Some(tci) = load_u16(f, 14) else {
-            return Ingress::Malformed;
-        };
-        let Some(inner) = load_u16(f, 16) else {
-            return Ingress::Malformed;
-        };
+        let tci = u16::from_be_bytes(read!(f, 14, 2));
+        let inner = u16::from_be_bytes(read!(f, 16, 2));
         if inner == ETH_P_8021Q || inner == ETH_P_8021AD {
             return Ingress::Other;
         }
@@ -156,9 +160,7 @@ pub fn classify_ingress<F: Frame + ?Sized>(f: &F, cfg: &UplinkConfig) -> Ingress
 
     let sender_mac;
     if ethertype == ETH_P_ARP {
-        let Some(fixed) = f.load::<8>(l3) else {
-            return Ingress::Malformed;
-        };
+        let fixed = read!(f, l3, 8);
         let htype = u16::from_be_bytes([fixed[0], fixed[1]]);
         let ptype = u16::from_be_bytes([fixed[2], fixed[3]]);
         if htype != 1 || ptype != ETH_P_IPV4 || fixed[4] != 6 || fixed[5] != 4 {
@@ -167,14 +169,10 @@ pub fn classify_ingress<F: Frame + ?Sized>(f: &F, cfg: &UplinkConfig) -> Ingress
         if u16::from_be_bytes([fixed[6], fixed[7]]) != ARP_OP_REPLY {
             return Ingress::Other;
         }
-        let (Some(sha), Some(spa), Some(tha), Some(tpa)) = (
-            f.load::<6>(l3 + 8),
-            f.load::<4>(l3 + 14),
-            f.load::<6>(l3 + 18),
-            f.load::<4>(l3 + 24),
-        ) else {
-            return Ingress::Malformed;
-        };
+        let sha = read!(f, l3 + 8, 6);
+        let spa = read!(f, l3 + 14, 4);
+        let tha = read!(f, l3 + 18, 6);
+        let tpa = read!(f, l3 + 24, 4);
         let to_probe_ip = ip4_eq(&tpa, &cfg.probe_source);
         if !(to_probe_ip || to_own_mac || mac_eq(&tha, own_mac)) {
             return Ingress::Other;
@@ -199,26 +197,18 @@ pub fn classify_ingress<F: Frame + ?Sized>(f: &F, cfg: &UplinkConfig) -> Ingress
         }
         sender_mac = sha;
     } else if ethertype == ETH_P_IPV6 {
-        let Some(ip_fixed) = f.load::<8>(l3) else {
-            return Ingress::Malformed;
-        };
+        let ip_fixed = read!(f, l3, 8);
         if ip_fixed[0] >> 4 != 6 || ip_fixed[6] != IPPROTO_ICMPV6 {
             return Ingress::Other;
         }
         let hop_limit = ip_fixed[7];
-        let Some(dst_ip) = f.load::<16>(l3 + 24) else {
-            return Ingress::Malformed;
-        };
+        let dst_ip = read!(f, l3 + 24, 16);
         let icmp = l3 + IPV6_HLEN;
-        let Some(icmp_head) = f.load::<8>(icmp) else {
-            return Ingress::Malformed;
-        };
+        let icmp_head = read!(f, icmp, 8);
         if icmp_head[0] != ICMPV6_NA {
             return Ingress::Other;
         }
-        let Some(target) = f.load::<16>(icmp + 8) else {
-            return Ingress::Malformed;
-        };
+        let target = read!(f, icmp + 8, 16);
         let to_probe_ip = ip6_eq(&dst_ip, &cfg.probe_source);
         if !(to_probe_ip || to_own_mac) {
             return Ingress::Other;
@@ -243,7 +233,8 @@ pub fn classify_ingress<F: Frame + ?Sized>(f: &F, cfg: &UplinkConfig) -> Ingress
         }
         // A Target Link-Layer Address option, when present first, must agree
         // with the Ethernet source.
-        if let Some(opt) = f.load::<8>(icmp + NA_LEN)
+        let mut opt = [0u8; 8];
+        if f.read(icmp + NA_LEN, &mut opt)
             && opt[0] == NDP_OPT_TLLA
             && opt[1] == 1
             && !mac_eq(&[opt[2], opt[3], opt[4], opt[5], opt[6], opt[7]], &eth_src)

@@ -28,15 +28,20 @@ struct XdpFrame<'a>(&'a XdpContext);
 
 impl Frame for XdpFrame<'_> {
     #[inline(always)]
-    fn load<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+    fn read<const N: usize>(&self, off: usize, out: &mut [u8; N]) -> bool {
         let start = self.0.data();
         let end = self.0.data_end();
         if start + off + N > end {
-            return None;
+            return false;
         }
-        // SAFETY: `start + off .. start + off + N` lies inside the frame
-        // (checked above, and the verifier checks it again).
-        Some(unsafe { core::ptr::read_unaligned((start + off) as *const [u8; N]) })
+        let mut i = 0;
+        while i < N {
+            // SAFETY: `start + off + i` lies inside the frame (checked above,
+            // and the verifier checks it again).
+            out[i] = unsafe { *((start + off + i) as *const u8) };
+            i += 1;
+        }
+        true
     }
 }
 
