@@ -86,6 +86,19 @@ impl Netns {
         assert_eq!(rc, 0, "setns into {}: {}", self.name, io::Error::last_os_error());
     }
 
+    /// Sets a sysctl of this namespace (`key` as in `net.ipv6.conf.all.forwarding`).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        self.run(|| fs::write(&path, value).unwrap_or_else(|e| panic!("writing {path}: {e}")));
+    }
+
+    /// Keeps the kernel's own IPv6 chatter (router solicitations, MLD) off
+    /// interfaces created after this call.
+    pub fn disable_ipv6(&self) {
+        self.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
+        self.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
+    }
+
     /// Runs `f` on a thread inside this namespace (network namespaces are
     /// per thread) and returns its result; a panic in `f` is re-raised here.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

@@ -1,0 +1,376 @@
+//! The datapath under real traffic over veth pairs in throwaway namespaces.
+//!
+//! ```text
+//!   ns host                         ns gw1 / ns gw2
+//!   up1 (02:fa:..:01:01) <-veth->   gw1 (02:fa:..:0a:01)
+//!   up2 (02:fa:..:01:02) <-veth->   gw2 (02:fa:..:0a:02)
+//! ```
+//! A raw socket on an uplink in `host` stands in for the bridge (it sends
+//! what OVS would send out of that port); raw sockets on gw1/gw2 see what
+//! leaves each uplink.
+
+use std::time::{Duration, Instant};
+
+use failover_agent::datapath::{
+    AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode, ebpf::ifindex,
+};
+use failover_common::{
+    FAMILY_IPV4, GROUP_ACTIVE_MAC_KNOWN, GroupState, PROBE_MARK, UplinkConfig,
+    frame::{ARP_OP_REPLY, ARP_OP_REQUEST, Arp, BROADCAST_MAC, EthHeader, build_arp},
+};
+use failover_tests::{
+    Netns, PacketSocket, PinDir,
+    packet::{TestFrame, parse_test_frame, test_frame},
+    privileged,
+};
+
+const UP1_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x01];
+const UP2_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x02];
+const GW1_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0a, 0x01];
+const GW2_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0a, 0x02];
+const VM_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0b, 0x01];
+const VM_IP: [u8; 4] = [192, 0, 2, 10];
+const GW_IP: [u8; 4] = [192, 0, 2, 1];
+const PROBE_IP: [u8; 4] = [192, 0, 2, 250];
+const SETTLE: Duration = Duration::from_millis(300);
+
+struct Topo {
+    host: Netns,
+    // Keep the gateway namespaces alive as long as the topology.
+    _gw1_ns: Netns,
+    _gw2_ns: Netns,
+    pins: PinDir,
+    dp: Option<EbpfDatapath>,
+    up1: u32,
+    up2: u32,
+    /// Sockets in `host` on up1 / up2 (the bridge's side).
+    bridge1: PacketSocket,
+    bridge2: PacketSocket,
+    /// Sockets on the gateways' ends.
+    gw1: PacketSocket,
+    gw2: PacketSocket,
+}
+
+fn uplink(slot: u32, own_mac: [u8; 6]) -> UplinkConfig {
+    let mut gateway_ip = [0; 16];
+    gateway_ip[..4].copy_from_slice(&GW_IP);
+    let mut probe_source = [0; 16];
+    probe_source[..4].copy_from_slice(&PROBE_IP);
+    UplinkConfig {
+        group: 0,
+        slot,
+        own_mac,
+        gateway_mac: [0; 6],
+        gateway_ip,
+        probe_source,
+        vlan: 0,
+        family: FAMILY_IPV4,
+        flags: 0,
+    }
+}
+
+fn group_state(active_ifindex: u32, active_mac: [u8; 6]) -> GroupState {
+    let mut g = GroupState::inactive();
+    g.active_ifindex = active_ifindex;
+    g.gateway_count = 2;
+    g.gateway_macs[0] = GW1_MAC;
+    g.gateway_macs[1] = GW2_MAC;
+    g.active_gateway_mac = active_mac;
+    g.flags = GROUP_ACTIVE_MAC_KNOWN;
+    g
+}
+
+impl Topo {
+    fn new(mode: XdpAttachMode) -> Self {
+        let host = Netns::new("h");
+        let gw1_ns = Netns::new("g");
+        let gw2_ns = Netns::new("g");
+        // The kernel's own IPv6 multicast (RS, MLD) would show in the counters.
+        for ns in [&host, &gw1_ns, &gw2_ns] {
+            ns.disable_ipv6();
+        }
+        host.veth("up1", UP1_MAC, &gw1_ns, "gw1", GW1_MAC);
+        host.veth("up2", UP2_MAC, &gw2_ns, "gw2", GW2_MAC);
+        let pins = PinDir::new();
+        let opts = DatapathOptions {
+            pin_dir: pins.path().to_path_buf(),
+            xdp_mode: mode,
+        };
+        let (dp, up1, up2, bridge1, bridge2) = host.run(|| {
+            let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
+            assert_eq!(dp.attach_uplink("up1", &uplink(0, UP1_MAC)).unwrap(), AttachOutcome::Attached);
+            assert_eq!(dp.attach_uplink("up2", &uplink(1, UP2_MAC)).unwrap(), AttachOutcome::Attached);
+            let (up1, up2) = (ifindex("up1").unwrap(), ifindex("up2").unwrap());
+            dp.set_group(0, &group_state(up1, GW1_MAC)).unwrap();
+            (
+                dp,
+                up1,
+                up2,
+                PacketSocket::open("up1").unwrap(),
+                PacketSocket::open("up2").unwrap(),
+            )
+        });
+        let gw1 = gw1_ns.run(|| PacketSocket::open("gw1").unwrap());
+        let gw2 = gw2_ns.run(|| PacketSocket::open("gw2").unwrap());
+        Self {
+            host,
+            _gw1_ns: gw1_ns,
+            _gw2_ns: gw2_ns,
+            pins,
+            dp: Some(dp),
+            up1,
+            up2,
+            bridge1,
+            bridge2,
+            gw1,
+            gw2,
+        }
+    }
+
+    fn dp(&mut self) -> &mut EbpfDatapath {
+        self.dp.as_mut().expect("datapath open")
+    }
+
+    fn flip_to(&mut self, ifindex: u32, mac: [u8; 6]) {
+        self.dp().set_group(0, &group_state(ifindex, mac)).expect("one map update");
+    }
+
+    fn counters(&self, slot: u32) -> Counters {
+        self.dp.as_ref().unwrap().counters(slot).unwrap()
+    }
+}
+
+fn vm_frame(dst: [u8; 6], stream: u32, seq: u64) -> Vec<u8> {
+    test_frame(dst, VM_MAC, VM_IP, GW_IP, stream, seq)
+}
+
+/// The test frames of `stream` that reach `sock` within `window`.
+fn arrivals(sock: &PacketSocket, stream: u32, window: Duration) -> Vec<TestFrame> {
+    sock.collect(window, |f| parse_test_frame(f).is_some_and(|t| t.stream == stream))
+        .iter()
+        .filter_map(|r| parse_test_frame(&r.frame))
+        .collect()
+}
+
+#[test]
+fn inactive_uplink_egress_is_redirected_with_the_gateway_mac_rewritten() {
+    if !privileged("inactive_uplink_egress_is_redirected_with_the_gateway_mac_rewritten") {
+        return;
+    }
+    let mut t = Topo::new(XdpAttachMode::Native);
+    // up1 is active: the bridge (stale MAC table) sends to the old gateway via up2.
+    t.bridge2.send(&vm_frame(GW2_MAC, 1, 1)).unwrap();
+    let at_gw1 = arrivals(&t.gw1, 1, SETTLE);
+    assert_eq!(at_gw1.len(), 1, "redirected to the active uplink exactly once: {at_gw1:?}");
+    assert_eq!(at_gw1[0].dst, GW1_MAC, "readdressed to the active gateway");
+    assert!(arrivals(&t.gw2, 1, Duration::from_millis(50)).is_empty(), "nothing leaves the inactive uplink");
+    assert_eq!(t.counters(1).egress_redirected, 1);
+    assert_eq!(t.counters(1).egress_rewritten, 1);
+
+    // One map update flips the group: now up1's traffic goes out of up2.
+    let up2 = t.up2;
+    t.flip_to(up2, GW2_MAC);
+    t.bridge1.send(&vm_frame(GW1_MAC, 2, 1)).unwrap();
+    t.bridge2.send(&vm_frame(GW1_MAC, 2, 2)).unwrap();
+    let at_gw2 = arrivals(&t.gw2, 2, SETTLE);
+    assert_eq!(at_gw2.len(), 2, "{at_gw2:?}");
+    assert!(at_gw2.iter().all(|f| f.dst == GW2_MAC), "{at_gw2:?}");
+    assert!(arrivals(&t.gw1, 2, Duration::from_millis(50)).is_empty());
+
+    // Unicast to a MAC that is no gateway is moved but not readdressed.
+    t.bridge1.send(&vm_frame(VM_MAC, 3, 1)).unwrap();
+    let at_gw2 = arrivals(&t.gw2, 3, SETTLE);
+    assert_eq!(at_gw2.len(), 1);
+    assert_eq!(at_gw2[0].dst, VM_MAC);
+}
+
+fn arp_frame(eth: EthHeader, arp: Arp) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    let n = build_arp(&mut buf, &eth, &arp).unwrap();
+    buf[..n].to_vec()
+}
+
+fn probe(own: [u8; 6], gw: [u8; 6]) -> Vec<u8> {
+    arp_frame(
+        EthHeader { dst: gw, src: own, vlan: 0 },
+        Arp {
+            op: ARP_OP_REQUEST,
+            sha: own,
+            spa: PROBE_IP,
+            tha: [0; 6],
+            tpa: GW_IP,
+        },
+    )
+}
+
+fn is_arp(f: &[u8]) -> bool {
+    f.len() >= 14 && f[12..14] == [0x08, 0x06]
+}
+
+#[test]
+fn probes_stay_on_their_uplink() {
+    if !privileged("probes_stay_on_their_uplink") {
+        return;
+    }
+    let t = Topo::new(XdpAttachMode::Native);
+    // up1 active; the agent's marked probe out of the standby up2 stays there.
+    let probe_socket = t.host.run(|| PacketSocket::open("up2").unwrap());
+    probe_socket.set_mark(PROBE_MARK).unwrap();
+    probe_socket.send(&probe(UP2_MAC, GW2_MAC)).unwrap();
+    let at_gw2 = t.gw2.collect(SETTLE, is_arp);
+    assert_eq!(at_gw2.len(), 1, "the probe leaves on the uplink it was sent on");
+    assert_eq!(&at_gw2[0].frame[0..6], &GW2_MAC, "not readdressed");
+    assert!(t.gw1.collect(Duration::from_millis(50), is_arp).is_empty(), "not redirected");
+    assert_eq!(t.counters(1).probes_out, 1);
+    assert_eq!(t.counters(1).egress_redirected, 0);
+    // The same frame without the mark is VM traffic: moved to the active uplink.
+    t.bridge2.send(&probe(UP2_MAC, GW2_MAC)).unwrap();
+    assert_eq!(t.gw1.collect(SETTLE, is_arp).len(), 1);
+    assert!(t.gw2.collect(Duration::from_millis(50), is_arp).is_empty());
+}
+
+/// Sends a frame the TC program is expected to drop: the kernel then
+/// answers the sender with ENOBUFS (`NET_XMIT_DROP`), as it would OVS.
+fn send_dropped(sock: &PacketSocket, frame: &[u8]) {
+    match sock.send(frame) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+        Err(e) => panic!("send: {e}"),
+    }
+}
+
+#[test]
+fn broadcast_leaves_once_through_the_active_uplink() {
+    if !privileged("broadcast_leaves_once_through_the_active_uplink") {
+        return;
+    }
+    let t = Topo::new(XdpAttachMode::Native);
+    // The bridge floods a VM's broadcast to both uplinks.
+    for seq in 0..5 {
+        t.bridge1.send(&vm_frame(BROADCAST_MAC, 4, seq)).unwrap();
+        send_dropped(&t.bridge2, &vm_frame(BROADCAST_MAC, 4, seq));
+    }
+    let at_gw1 = arrivals(&t.gw1, 4, SETTLE);
+    let seqs: Vec<u64> = at_gw1.iter().map(|f| f.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4], "each broadcast leaves exactly once");
+    assert!(arrivals(&t.gw2, 4, Duration::from_millis(50)).is_empty());
+    assert_eq!(t.counters(1).egress_dropped_flood, 5);
+    // IPv6 multicast too.
+    send_dropped(&t.bridge2, &vm_frame([0x33, 0x33, 0, 0, 0, 1], 5, 0));
+    assert!(arrivals(&t.gw2, 5, Duration::from_millis(100)).is_empty());
+    assert!(arrivals(&t.gw1, 5, Duration::from_millis(50)).is_empty());
+}
+
+#[test]
+fn inactive_uplink_ingress_is_dropped_and_replies_are_consumed() {
+    if !privileged("inactive_uplink_ingress_is_dropped_and_replies_are_consumed") {
+        return;
+    }
+    let t = Topo::new(XdpAttachMode::Native);
+    let from_gw = |dst: [u8; 6], stream| test_frame(dst, GW1_MAC, GW_IP, VM_IP, stream, 0);
+    t.gw2.send(&from_gw(VM_MAC, 6)).unwrap();
+    t.gw1.send(&from_gw(VM_MAC, 7)).unwrap();
+    assert!(arrivals(&t.bridge2, 6, SETTLE).is_empty(), "the inactive uplink delivers nothing");
+    assert_eq!(arrivals(&t.bridge1, 7, SETTLE).len(), 1, "the active uplink delivers");
+    assert_eq!(t.counters(1).ingress_dropped_inactive, 1);
+
+    // The standby gateway's reply to a probe is counted and consumed.
+    let reply = arp_frame(
+        EthHeader {
+            dst: UP2_MAC,
+            src: GW2_MAC,
+            vlan: 0,
+        },
+        Arp {
+            op: ARP_OP_REPLY,
+            sha: GW2_MAC,
+            spa: GW_IP,
+            tha: UP2_MAC,
+            tpa: PROBE_IP,
+        },
+    );
+    t.gw2.send(&reply).unwrap();
+    assert!(t.bridge2.collect(SETTLE, is_arp).is_empty(), "consumed by XDP");
+    let c = t.counters(1);
+    assert_eq!(c.valid_replies, 1);
+    assert_eq!(c.gateway_mac, Some(GW2_MAC));
+}
+
+/// Sends `count` frames of `stream` at `rate` per second from `sock`.
+fn paced_send(sock: &PacketSocket, dst: [u8; 6], stream: u32, count: u64, rate: u64) {
+    let start = Instant::now();
+    for seq in 0..count {
+        let due = start + Duration::from_nanos(seq * 1_000_000_000 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        sock.send(&vm_frame(dst, stream, seq)).expect("send");
+    }
+}
+
+#[test]
+fn reloading_reuses_the_pins_and_loses_nothing() {
+    if !privileged("reloading_reuses_the_pins_and_loses_nothing") {
+        return;
+    }
+    const COUNT: u64 = 10_000;
+    const RATE: u64 = 5_000;
+    let mut t = Topo::new(XdpAttachMode::Native);
+    let opts = DatapathOptions {
+        pin_dir: t.pins.path().to_path_buf(),
+        xdp_mode: XdpAttachMode::Native,
+    };
+    // Traffic through the inactive uplink only arrives while the TC program
+    // keeps redirecting it: any gap in the datapath shows as loss.
+    let sender = t.host.run(|| PacketSocket::open("up2").unwrap());
+    let (up1, gw1) = (t.up1, &t.gw1);
+    let received = std::thread::scope(|s| {
+        let rx = s.spawn(|| arrivals(gw1, 8, Duration::from_secs(4)));
+        let tx = s.spawn(|| paced_send(&sender, GW2_MAC, 8, COUNT, RATE));
+        std::thread::sleep(Duration::from_millis(700));
+        // The old datapath object goes away (as when the agent exits) and a
+        // new one is loaded over the same pins while traffic flows.
+        drop(t.dp.take());
+        let reloaded = t.host.run(|| {
+            let mut dp = EbpfDatapath::open(&opts).expect("reopen");
+            let o1 = dp.attach_uplink("up1", &uplink(0, UP1_MAC)).unwrap();
+            let o2 = dp.attach_uplink("up2", &uplink(1, UP2_MAC)).unwrap();
+            assert_eq!((o1, o2), (AttachOutcome::Reused, AttachOutcome::Reused));
+            let state = dp.group(0).unwrap().expect("group state survived");
+            assert_eq!(state.active_ifindex, up1);
+            dp
+        });
+        t.dp = Some(reloaded);
+        tx.join().unwrap();
+        rx.join().unwrap()
+    });
+    let mut seqs: Vec<u64> = received.iter().map(|f| f.seq).collect();
+    let total = seqs.len();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), total, "no duplicates");
+    let lost = COUNT - seqs.len() as u64;
+    eprintln!("reload under {RATE} frames/s: {} of {COUNT} received, {lost} lost", seqs.len());
+    assert_eq!(lost, 0, "reloading lost frames");
+    // Counters carried over too (the stats map is pinned).
+    assert!(t.counters(1).egress_redirected >= COUNT);
+}
+
+#[test]
+fn skb_mode_works_the_same() {
+    if !privileged("skb_mode_works_the_same") {
+        return;
+    }
+    let mut t = Topo::new(XdpAttachMode::Skb);
+    t.bridge2.send(&vm_frame(GW2_MAC, 9, 1)).unwrap();
+    let at_gw1 = arrivals(&t.gw1, 9, SETTLE);
+    assert_eq!(at_gw1.len(), 1);
+    assert_eq!(at_gw1[0].dst, GW1_MAC);
+    t.gw2.send(&test_frame(VM_MAC, GW2_MAC, GW_IP, VM_IP, 10, 0)).unwrap();
+    assert!(arrivals(&t.bridge2, 10, SETTLE).is_empty());
+    let up2 = t.up2;
+    t.flip_to(up2, GW2_MAC);
+    t.gw2.send(&test_frame(VM_MAC, GW2_MAC, GW_IP, VM_IP, 11, 0)).unwrap();
+    assert_eq!(arrivals(&t.bridge2, 11, SETTLE).len(), 1, "after the flip up2 delivers");
+}
