@@ -1,8 +1,8 @@
-//! Builds the eBPF programs (failover-ebpf) and leaves the object in OUT_DIR
+//! Builds the eBPF programs (failover-ebpf) and leaves the object in `OUT_DIR`
 //! for `include_bytes_aligned!`. Without the eBPF toolchain the agent still
 //! builds: the object is left out (cfg `failover_ebpf_missing`) and loading
 //! the datapath fails with a message saying how to get the toolchain. Set
-//! FAILOVER_EBPF_REQUIRED=1 to make a missing toolchain a build error.
+//! `FAILOVER_EBPF_REQUIRED=1` to make a missing toolchain a build error.
 
 use std::{env, fs};
 

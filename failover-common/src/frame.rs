@@ -138,6 +138,7 @@ pub fn is_group_mac(mac: &[u8; 6]) -> bool {
 /// [`Ingress::Rejected`]; everything else is [`Ingress::Other`], or
 /// [`Ingress::Malformed`] when it is cut short.
 #[inline(always)]
+#[expect(clippy::too_many_lines, reason = "one linear pass over the frame reads best as one function")]
 pub fn classify_ingress<F: Frame + ?Sized>(f: &F, cfg: &UplinkConfig) -> Ingress {
     let eth_dst = read!(f, 0, 6);
     let eth_src = read!(f, 6, 6);
@@ -369,7 +370,7 @@ pub struct Ndp {
     pub hop_limit: u8,
 }
 
-/// The ICMPv6 checksum over the IPv6 pseudo-header and `icmp`.
+/// The `ICMPv6` checksum over the IPv6 pseudo-header and `icmp`.
 pub fn icmpv6_checksum(src: &[u8; 16], dst: &[u8; 16], icmp: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
@@ -416,7 +417,7 @@ pub fn build_ndp(buf: &mut [u8], eth: &EthHeader, ndp: &Ndp) -> Option<usize> {
     Some(icmp + icmp_len)
 }
 
-/// The solicited-node multicast address of `ip` (ff02::1:ffXX:XXXX).
+/// The solicited-node multicast address of `ip` (`ff02::1:ffXX:XXXX`).
 pub fn solicited_node(ip: &[u8; 16]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[0] = 0xff;

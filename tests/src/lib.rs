@@ -7,6 +7,7 @@
 //! fails), and anything left by a process that no longer exists (a crashed
 //! or killed run) is removed by the next run.
 
+pub mod lab;
 pub mod net;
 pub mod packet;
 

@@ -200,6 +200,19 @@ pub fn ensure_bpffs() {
     assert!(status.success(), "mount -t bpf bpf /sys/fs/bpf failed");
 }
 
+/// A `timespec` of a clock that never runs before its epoch, as a [`Duration`].
+pub fn timespec_to_duration(ts: &libc::timespec) -> Duration {
+    Duration::new(ts.tv_sec.unsigned_abs(), ts.tv_nsec.unsigned_abs() as u32)
+}
+
+/// Now, on `CLOCK_MONOTONIC` (the clock of `bpf_ktime_get_ns`).
+pub fn monotonic_now() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    timespec_to_duration(&ts)
+}
+
 /// A frame received by a [`PacketSocket`].
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -260,7 +273,7 @@ impl PacketSocket {
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         addr.sll_protocol = proto;
-        addr.sll_ifindex = ifindex as i32;
+        addr.sll_ifindex = i32::try_from(ifindex).expect("ifindex fits in i32");
         // SAFETY: addr is a valid sockaddr_ll.
         let rc = unsafe {
             libc::bind(
@@ -326,7 +339,7 @@ impl PacketSocket {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
         }
-        buf.truncate(n as usize);
+        buf.truncate(n.unsigned_abs());
         let mut at = Duration::ZERO;
         // SAFETY: walking the control messages the kernel wrote into `msg`.
         unsafe {
@@ -334,7 +347,7 @@ impl PacketSocket {
             while !c.is_null() {
                 if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
                     let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    at = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+                    at = timespec_to_duration(&ts);
                 }
                 c = libc::CMSG_NXTHDR(&raw const msg, c);
             }
@@ -342,7 +355,7 @@ impl PacketSocket {
         Ok(Some(Received {
             frame: buf,
             at,
-            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING as u8,
+            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
         }))
     }
 

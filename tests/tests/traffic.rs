@@ -1,163 +1,30 @@
-//! The datapath under real traffic over veth pairs in throwaway namespaces.
-//!
-//! ```text
-//!   ns host                         ns gw1 / ns gw2
-//!   up1 (02:fa:..:01:01) <-veth->   gw1 (02:fa:..:0a:01)
-//!   up2 (02:fa:..:01:02) <-veth->   gw2 (02:fa:..:0a:02)
-//! ```
-//! A raw socket on an uplink in `host` stands in for the bridge (it sends
-//! what OVS would send out of that port); raw sockets on gw1/gw2 see what
-//! leaves each uplink.
+//! The datapath under real traffic over veth pairs in throwaway namespaces
+//! (topology: `failover_tests::lab`).
+#![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 use std::time::{Duration, Instant};
 
-use failover_agent::datapath::{
-    AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode, ebpf::ifindex,
-};
+use failover_agent::datapath::{AttachOutcome, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode};
 use failover_common::{
-    FAMILY_IPV4, GROUP_ACTIVE_MAC_KNOWN, GroupState, PROBE_MARK, UplinkConfig,
+    PROBE_MARK,
     frame::{ARP_OP_REPLY, ARP_OP_REQUEST, Arp, BROADCAST_MAC, EthHeader, build_arp},
 };
 use failover_tests::{
-    Netns, PacketSocket, PinDir,
-    packet::{TestFrame, parse_test_frame, test_frame},
+    PacketSocket,
+    lab::{
+        GW_IP, GW1_MAC, GW2_MAC, PROBE_IP, SETTLE, TwoUplinks, UP1_MAC, UP2_MAC, VM_IP, VM_MAC, arrivals, uplink,
+        vm_frame,
+    },
+    packet::test_frame,
     privileged,
 };
-
-const UP1_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x01];
-const UP2_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x02];
-const GW1_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0a, 0x01];
-const GW2_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0a, 0x02];
-const VM_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0b, 0x01];
-const VM_IP: [u8; 4] = [192, 0, 2, 10];
-const GW_IP: [u8; 4] = [192, 0, 2, 1];
-const PROBE_IP: [u8; 4] = [192, 0, 2, 250];
-const SETTLE: Duration = Duration::from_millis(300);
-
-struct Topo {
-    host: Netns,
-    // Keep the gateway namespaces alive as long as the topology.
-    _gw1_ns: Netns,
-    _gw2_ns: Netns,
-    pins: PinDir,
-    dp: Option<EbpfDatapath>,
-    up1: u32,
-    up2: u32,
-    /// Sockets in `host` on up1 / up2 (the bridge's side).
-    bridge1: PacketSocket,
-    bridge2: PacketSocket,
-    /// Sockets on the gateways' ends.
-    gw1: PacketSocket,
-    gw2: PacketSocket,
-}
-
-fn uplink(slot: u32, own_mac: [u8; 6]) -> UplinkConfig {
-    let mut gateway_ip = [0; 16];
-    gateway_ip[..4].copy_from_slice(&GW_IP);
-    let mut probe_source = [0; 16];
-    probe_source[..4].copy_from_slice(&PROBE_IP);
-    UplinkConfig {
-        group: 0,
-        slot,
-        own_mac,
-        gateway_mac: [0; 6],
-        gateway_ip,
-        probe_source,
-        vlan: 0,
-        family: FAMILY_IPV4,
-        flags: 0,
-    }
-}
-
-fn group_state(active_ifindex: u32, active_mac: [u8; 6]) -> GroupState {
-    let mut g = GroupState::inactive();
-    g.active_ifindex = active_ifindex;
-    g.gateway_count = 2;
-    g.gateway_macs[0] = GW1_MAC;
-    g.gateway_macs[1] = GW2_MAC;
-    g.active_gateway_mac = active_mac;
-    g.flags = GROUP_ACTIVE_MAC_KNOWN;
-    g
-}
-
-impl Topo {
-    fn new(mode: XdpAttachMode) -> Self {
-        let host = Netns::new("h");
-        let gw1_ns = Netns::new("g");
-        let gw2_ns = Netns::new("g");
-        // The kernel's own IPv6 multicast (RS, MLD) would show in the counters.
-        for ns in [&host, &gw1_ns, &gw2_ns] {
-            ns.disable_ipv6();
-        }
-        host.veth("up1", UP1_MAC, &gw1_ns, "gw1", GW1_MAC);
-        host.veth("up2", UP2_MAC, &gw2_ns, "gw2", GW2_MAC);
-        let pins = PinDir::new();
-        let opts = DatapathOptions {
-            pin_dir: pins.path().to_path_buf(),
-            xdp_mode: mode,
-        };
-        let (dp, up1, up2, bridge1, bridge2) = host.run(|| {
-            let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
-            assert_eq!(dp.attach_uplink("up1", &uplink(0, UP1_MAC)).unwrap(), AttachOutcome::Attached);
-            assert_eq!(dp.attach_uplink("up2", &uplink(1, UP2_MAC)).unwrap(), AttachOutcome::Attached);
-            let (up1, up2) = (ifindex("up1").unwrap(), ifindex("up2").unwrap());
-            dp.set_group(0, &group_state(up1, GW1_MAC)).unwrap();
-            (
-                dp,
-                up1,
-                up2,
-                PacketSocket::open("up1").unwrap(),
-                PacketSocket::open("up2").unwrap(),
-            )
-        });
-        let gw1 = gw1_ns.run(|| PacketSocket::open("gw1").unwrap());
-        let gw2 = gw2_ns.run(|| PacketSocket::open("gw2").unwrap());
-        Self {
-            host,
-            _gw1_ns: gw1_ns,
-            _gw2_ns: gw2_ns,
-            pins,
-            dp: Some(dp),
-            up1,
-            up2,
-            bridge1,
-            bridge2,
-            gw1,
-            gw2,
-        }
-    }
-
-    fn dp(&mut self) -> &mut EbpfDatapath {
-        self.dp.as_mut().expect("datapath open")
-    }
-
-    fn flip_to(&mut self, ifindex: u32, mac: [u8; 6]) {
-        self.dp().set_group(0, &group_state(ifindex, mac)).expect("one map update");
-    }
-
-    fn counters(&self, slot: u32) -> Counters {
-        self.dp.as_ref().unwrap().counters(slot).unwrap()
-    }
-}
-
-fn vm_frame(dst: [u8; 6], stream: u32, seq: u64) -> Vec<u8> {
-    test_frame(dst, VM_MAC, VM_IP, GW_IP, stream, seq)
-}
-
-/// The test frames of `stream` that reach `sock` within `window`.
-fn arrivals(sock: &PacketSocket, stream: u32, window: Duration) -> Vec<TestFrame> {
-    sock.collect(window, |f| parse_test_frame(f).is_some_and(|t| t.stream == stream))
-        .iter()
-        .filter_map(|r| parse_test_frame(&r.frame))
-        .collect()
-}
 
 #[test]
 fn inactive_uplink_egress_is_redirected_with_the_gateway_mac_rewritten() {
     if !privileged("inactive_uplink_egress_is_redirected_with_the_gateway_mac_rewritten") {
         return;
     }
-    let mut t = Topo::new(XdpAttachMode::Native);
+    let mut t = TwoUplinks::new(XdpAttachMode::Native);
     // up1 is active: the bridge (stale MAC table) sends to the old gateway via up2.
     t.bridge2.send(&vm_frame(GW2_MAC, 1, 1)).unwrap();
     let at_gw1 = arrivals(&t.gw1, 1, SETTLE);
@@ -212,7 +79,7 @@ fn probes_stay_on_their_uplink() {
     if !privileged("probes_stay_on_their_uplink") {
         return;
     }
-    let t = Topo::new(XdpAttachMode::Native);
+    let t = TwoUplinks::new(XdpAttachMode::Native);
     // up1 active; the agent's marked probe out of the standby up2 stays there.
     let probe_socket = t.host.run(|| PacketSocket::open("up2").unwrap());
     probe_socket.set_mark(PROBE_MARK).unwrap();
@@ -244,7 +111,7 @@ fn broadcast_leaves_once_through_the_active_uplink() {
     if !privileged("broadcast_leaves_once_through_the_active_uplink") {
         return;
     }
-    let t = Topo::new(XdpAttachMode::Native);
+    let t = TwoUplinks::new(XdpAttachMode::Native);
     // The bridge floods a VM's broadcast to both uplinks.
     for seq in 0..5 {
         t.bridge1.send(&vm_frame(BROADCAST_MAC, 4, seq)).unwrap();
@@ -266,7 +133,7 @@ fn inactive_uplink_ingress_is_dropped_and_replies_are_consumed() {
     if !privileged("inactive_uplink_ingress_is_dropped_and_replies_are_consumed") {
         return;
     }
-    let t = Topo::new(XdpAttachMode::Native);
+    let t = TwoUplinks::new(XdpAttachMode::Native);
     let from_gw = |dst: [u8; 6], stream| test_frame(dst, GW1_MAC, GW_IP, VM_IP, stream, 0);
     t.gw2.send(&from_gw(VM_MAC, 6)).unwrap();
     t.gw1.send(&from_gw(VM_MAC, 7)).unwrap();
@@ -311,12 +178,12 @@ fn paced_send(sock: &PacketSocket, dst: [u8; 6], stream: u32, count: u64, rate: 
 
 #[test]
 fn reloading_reuses_the_pins_and_loses_nothing() {
+    const COUNT: u64 = 10_000;
+    const RATE: u64 = 5_000;
     if !privileged("reloading_reuses_the_pins_and_loses_nothing") {
         return;
     }
-    const COUNT: u64 = 10_000;
-    const RATE: u64 = 5_000;
-    let mut t = Topo::new(XdpAttachMode::Native);
+    let mut t = TwoUplinks::new(XdpAttachMode::Native);
     let opts = DatapathOptions {
         pin_dir: t.pins.path().to_path_buf(),
         xdp_mode: XdpAttachMode::Native,
@@ -362,7 +229,7 @@ fn skb_mode_works_the_same() {
     if !privileged("skb_mode_works_the_same") {
         return;
     }
-    let mut t = Topo::new(XdpAttachMode::Skb);
+    let mut t = TwoUplinks::new(XdpAttachMode::Skb);
     t.bridge2.send(&vm_frame(GW2_MAC, 9, 1)).unwrap();
     let at_gw1 = arrivals(&t.gw1, 9, SETTLE);
     assert_eq!(at_gw1.len(), 1);

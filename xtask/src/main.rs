@@ -1,1 +1,89 @@
-fn main(){}
+//! `cargo xtask <task>`: the project's tasks.
+//!
+//! - `build-ebpf`: build the eBPF object on its own (Debian's rustc-web and
+//!   bpf-linker, as in ../shared/docs/toolchain.md) and say where it is.
+//! - `demo`: build everything and run the datapath tour in throwaway
+//!   network namespaces (needs root).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[path = "../../build-support/ebpf_toolchain.rs"]
+mod ebpf_toolchain;
+
+#[derive(Parser)]
+#[command(about = "failover-agent project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the eBPF object (target bpfel-unknown-none) on its own.
+    BuildEbpf,
+    /// Build everything and show the datapath at work in throwaway namespaces.
+    Demo,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    let toolchain = ebpf_toolchain::find_ebpf_toolchain().map_err(anyhow::Error::msg)?;
+    let root = workspace_root();
+    let target_dir = root.join("target");
+    run(&mut ebpf_toolchain::ebpf_build_command(&toolchain, &root, &target_dir))?;
+    let object = ebpf_toolchain::ebpf_object_path(&target_dir);
+    let size = std::fs::metadata(&object).with_context(|| format!("reading {}", object.display()))?.len();
+    println!("eBPF object: {} ({size} bytes)", object.display());
+    Ok(object)
+}
+
+fn demo() -> Result<()> {
+    if effective_uid() != 0 {
+        bail!("the demo creates network namespaces and loads eBPF: run it as root");
+    }
+    let root = workspace_root();
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .env("FAILOVER_EBPF_REQUIRED", "1")
+        .args(["build", "--quiet", "--release", "-p", "failover-agent", "-p", "failover-tests", "--bins"]))?;
+    run(&mut Command::new(root.join("target/release/datapath-tour")))
+}
+
+fn effective_uid() -> u32 {
+    // `id -u` keeps xtask free of libc.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf => build_ebpf().map(drop),
+        Task::Demo => demo(),
+    }
+}

@@ -73,7 +73,7 @@ fn on_bpffs(path: &Path) -> bool {
             if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
                 return false;
             }
-            return i64::from(st.f_type) == BPF_FS_MAGIC;
+            return st.f_type == BPF_FS_MAGIC;
         }
         probe = p.parent();
     }

@@ -1,0 +1,167 @@
+//! Datapath overhead, measured: `cargo run --release -p failover-tests --bin datapath-bench`.
+//!
+//! 1. Cost of the XDP program per frame, from `BPF_PROG_TEST_RUN` with many
+//!    repeats, for a valid probe reply, a rejected one and VM traffic.
+//! 2. TCP throughput over a veth (iperf3, both directions) with no programs,
+//!    with native XDP and with skb XDP, the uplink active.
+//!
+//! Prints a Markdown table. Needs root; iperf3 for part 2 (`apt-get install iperf3`).
+
+use std::{
+    process::{Command, ExitCode, Stdio},
+    time::Duration,
+};
+
+use aya::{
+    EbpfLoader,
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use failover_agent::datapath::{Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode, ebpf::object};
+use failover_common::{
+    PROG_XDP,
+    frame::{ARP_OP_REPLY, Arp, EthHeader, build_arp},
+};
+use failover_tests::{
+    Netns, PinDir,
+    lab::{GW_IP, GW1_MAC, PROBE_IP, UP1_MAC, group_state, uplink},
+    packet::test_frame,
+};
+
+const REPEAT: u32 = 1_000_000;
+
+fn reply(spa: [u8; 4]) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    let n = build_arp(
+        &mut buf,
+        &EthHeader {
+            dst: UP1_MAC,
+            src: GW1_MAC,
+            vlan: 0,
+        },
+        &Arp {
+            op: ARP_OP_REPLY,
+            sha: GW1_MAC,
+            spa,
+            tha: UP1_MAC,
+            tpa: PROBE_IP,
+        },
+    )
+    .expect("fits");
+    buf[..n].to_vec()
+}
+
+fn xdp_cost(pins: &PinDir, ifindex: u32) -> Vec<(&'static str, f64)> {
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pins.path().join("maps"))
+        .load(object().expect("eBPF object"))
+        .expect("load");
+    let prog: &mut Xdp = ebpf.program_mut(PROG_XDP).expect("program").try_into().expect("XDP");
+    prog.load().expect("load XDP");
+    let frames = [
+        ("valid probe reply (counted, dropped)", reply(GW_IP)),
+        ("spoofed reply (rejected, passed)", reply([192, 0, 2, 66])),
+        ("VM traffic, UDP (passed)", test_frame(UP1_MAC, GW1_MAC, GW_IP, [192, 0, 2, 10], 0, 0)),
+    ];
+    frames
+        .iter()
+        .map(|(name, frame)| {
+            let mut ctx = [0u8; 24];
+            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            let r = prog
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&ctx),
+                    repeat: REPEAT,
+                    ..TestRunOptions::new()
+                })
+                .expect("test run");
+            // The kernel reports the mean time per run.
+            (*name, r.duration.as_secs_f64() * 1e9)
+        })
+        .collect()
+}
+
+fn iperf(host: &Netns, gw: &Netns, reverse: bool) -> Option<f64> {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", gw.name(), "iperf3", "-s", "-1", "-B", "192.0.2.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut args = vec!["netns", "exec", host.name(), "iperf3", "-c", "192.0.2.1", "-t", "3", "-J"];
+    if reverse {
+        args.push("-R");
+    }
+    let out = Command::new("ip").args(&args).output().ok();
+    let _ = server.kill();
+    let _ = server.wait();
+    let json = String::from_utf8(out?.stdout).ok()?;
+    // "sum_received": { ... "bits_per_second": N ... }
+    let at = json.find("\"sum_received\"")?;
+    let rest = &json[at..];
+    let bps = rest.split("\"bits_per_second\":").nth(1)?;
+    let number: String = bps.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+').collect();
+    number.parse::<f64>().ok().map(|b| b / 1e9)
+}
+
+fn main() -> ExitCode {
+    if !failover_tests::privileged("datapath bench") {
+        return ExitCode::FAILURE;
+    }
+    let host = Netns::new("h");
+    let gw = Netns::new("g");
+    host.veth("up1", UP1_MAC, &gw, "gw1", GW1_MAC);
+    host.ip(&["addr", "add", "192.0.2.250/24", "dev", "up1"]);
+    gw.ip(&["addr", "add", "192.0.2.1/24", "dev", "gw1"]);
+
+    println!("| XDP program, per frame (BPF_PROG_TEST_RUN x{REPEAT}) | ns |\n|---|---|");
+    let pins = PinDir::new();
+    let ifindex = host.run(|| {
+        let mut dp = EbpfDatapath::open(&DatapathOptions {
+            pin_dir: pins.path().to_path_buf(),
+            xdp_mode: XdpAttachMode::Native,
+        })
+        .expect("open");
+        dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
+        let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");
+        dp.set_group(0, &group_state(ifindex, GW1_MAC)).expect("group");
+        ifindex
+    });
+    for (name, ns) in host.run(|| xdp_cost(&pins, ifindex)) {
+        println!("| {name} | {ns:.1} |");
+    }
+    drop(pins);
+
+    if Command::new("iperf3").arg("--version").output().is_err() {
+        println!("\niperf3 is not installed: throughput part left out (apt-get install iperf3)");
+        return ExitCode::SUCCESS;
+    }
+    println!("\n| TCP over veth, programs on the active uplink | gw -> host Gbit/s | host -> gw Gbit/s |\n|---|---|---|");
+    for mode in [None, Some(XdpAttachMode::Native), Some(XdpAttachMode::Skb)] {
+        let pins = PinDir::new();
+        if let Some(mode) = mode {
+            host.run(|| {
+                let mut dp = EbpfDatapath::open(&DatapathOptions {
+                    pin_dir: pins.path().to_path_buf(),
+                    xdp_mode: mode,
+                })
+                .expect("open");
+                dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
+                let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");
+                dp.set_group(0, &group_state(ifindex, GW1_MAC)).expect("group");
+            });
+        }
+        let fmt = |v: Option<f64>| v.map_or("failed".to_string(), |g| format!("{g:.2}"));
+        let down = iperf(&host, &gw, true);
+        let up = iperf(&host, &gw, false);
+        let name = match mode {
+            None => "no programs",
+            Some(XdpAttachMode::Native) => "native XDP + TC",
+            Some(XdpAttachMode::Skb) => "skb XDP + TC",
+        };
+        println!("| {name} | {} | {} |", fmt(down), fmt(up));
+    }
+    ExitCode::SUCCESS
+}
