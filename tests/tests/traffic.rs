@@ -241,3 +241,62 @@ fn skb_mode_works_the_same() {
     t.gw2.send(&test_frame(VM_MAC, GW2_MAC, GW_IP, VM_IP, 11, 0)).unwrap();
     assert_eq!(arrivals(&t.bridge2, 11, SETTLE).len(), 1, "after the flip up2 delivers");
 }
+
+#[test]
+fn uninstall_detaches_everything() {
+    if !privileged("uninstall_detaches_everything") {
+        return;
+    }
+    let mut t = TwoUplinks::new(XdpAttachMode::Skb);
+    let link_details = |t: &TwoUplinks| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", t.host.name(), "-d", "link", "show", "up2"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(link_details(&t).contains("xdp"), "attached: {}", link_details(&t));
+    drop(t.dp.take());
+    let removed = EbpfDatapath::uninstall(t.pins.path()).unwrap();
+    assert_eq!(removed.len(), 4, "two links per uplink: {removed:?}");
+    assert!(!t.pins.path().exists());
+    assert!(!link_details(&t).contains("xdp"), "detached: {}", link_details(&t));
+    // Without the programs, up2 is a plain port again: no redirect, no drop.
+    t.bridge2.send(&vm_frame(GW2_MAC, 12, 0)).unwrap();
+    assert_eq!(arrivals(&t.gw2, 12, SETTLE).len(), 1);
+    t.gw2.send(&test_frame(VM_MAC, GW2_MAC, GW_IP, VM_IP, 13, 0)).unwrap();
+    assert_eq!(arrivals(&t.bridge2, 13, SETTLE).len(), 1);
+}
+
+#[test]
+fn attaching_to_a_missing_interface_names_it_and_leaves_nothing() {
+    if !privileged("attaching_to_a_missing_interface_names_it_and_leaves_nothing") {
+        return;
+    }
+    let t = TwoUplinks::new(XdpAttachMode::Skb);
+    let opts = DatapathOptions {
+        pin_dir: t.pins.path().to_path_buf(),
+        xdp_mode: XdpAttachMode::Skb,
+    };
+    t.host.run(|| {
+        let mut dp = EbpfDatapath::open(&opts).unwrap();
+        let err = dp.attach_uplink("eth9", &uplink(5, UP1_MAC)).unwrap_err();
+        assert_eq!(err.to_string(), "interface eth9: no such interface");
+        let err = dp.attach_uplink("up1", &uplink(999, UP1_MAC)).unwrap_err();
+        assert!(err.to_string().contains("interface up1: uplink slot 999"), "{err}");
+    });
+    // Native XDP on loopback fails after the configuration was written and
+    // before TC is attached: all of it must be undone.
+    let native = DatapathOptions {
+        xdp_mode: XdpAttachMode::Native,
+        ..opts.clone()
+    };
+    t.host.run(|| {
+        let mut dp = EbpfDatapath::open(&native).unwrap();
+        let err = dp.attach_uplink("lo", &uplink(7, UP1_MAC)).unwrap_err();
+        assert!(err.to_string().starts_with("interface lo: attaching failover_xdp"), "{err}");
+        assert_eq!(dp.uplink("lo").unwrap(), None, "the configuration was taken back");
+    });
+    let links: Vec<_> = std::fs::read_dir(t.pins.path().join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(links.len(), 4, "only the lab's own links: {links:?}");
+}

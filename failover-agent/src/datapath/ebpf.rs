@@ -390,6 +390,15 @@ impl Datapath for EbpfDatapath {
             .map_err(map_err(MAP_UPLINKS, format!("update the entry of {ifname}")))
     }
 
+    fn uplink(&mut self, ifname: &str) -> Result<Option<UplinkConfig>, DatapathError> {
+        let ifindex = ifindex(ifname)?;
+        match self.uplinks()?.get(&ifindex, 0) {
+            Ok(cfg) => Ok(Some(cfg)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_UPLINKS, format!("read the entry of {ifname}"))(e)),
+        }
+    }
+
     fn detach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError> {
         let ifindex = ifindex(ifname)?;
         for kind in ["xdp", "tc"] {

@@ -162,6 +162,8 @@ pub trait Datapath {
     fn attach_uplink(&mut self, ifname: &str, config: &UplinkConfig) -> Result<AttachOutcome, DatapathError>;
     /// Replaces an attached uplink's configuration (e.g. its gateway MAC became known).
     fn update_uplink(&mut self, ifname: &str, config: &UplinkConfig) -> Result<(), DatapathError>;
+    /// Reads an uplink's configuration as the kernel has it.
+    fn uplink(&mut self, ifname: &str) -> Result<Option<UplinkConfig>, DatapathError>;
     /// Detaches both programs from `ifname` and forgets its configuration.
     fn detach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError>;
     /// Writes a group's state in one map update: this is the switchover.
