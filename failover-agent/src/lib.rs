@@ -4,4 +4,5 @@
 //! Rooms, each touching only its own part of the world:
 //! - [`datapath`]: the eBPF programs (aya): attach, pin, flip, read counters.
 
+pub mod config;
 pub mod datapath;

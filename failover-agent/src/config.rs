@@ -1,0 +1,453 @@
+//! The agent's configuration file (TOML): parsing and validation.
+//!
+//! Pure: reads nothing but the text it is given (and [`load`] the file).
+//! Every error names the group, uplink and field it is about.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use failover_common::{MAX_GROUP_UPLINKS, MAX_GROUPS, MAX_UPLINKS};
+use serde::Deserialize;
+
+use crate::datapath::XdpAttachMode;
+
+/// The metrics endpoint's default port (loopback only by default).
+pub const DEFAULT_METRICS_PORT: u16 = 9731;
+/// Longest probe interval accepted.
+pub const MAX_PROBE_INTERVAL_MS: u64 = 60_000;
+/// Most consecutive probes `down_after` / `up_after` may ask for.
+pub const MAX_PROBE_COUNT: u32 = 100;
+/// Longest hold-down accepted (one hour).
+pub const MAX_HOLD_DOWN_MS: u64 = 3_600_000;
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub agent: Agent,
+    pub groups: Vec<Group>,
+}
+
+/// `[agent]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Agent {
+    pub state_dir: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub metrics_listen: SocketAddr,
+    pub xdp_mode: XdpAttachMode,
+}
+
+/// What happens when a higher-priority uplink is healthy again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failback {
+    /// Stay where traffic is: the repaired uplink serves as the standby.
+    Never,
+    /// Go back after `hold_down` of continuous health.
+    Auto,
+}
+
+/// `[[group]]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Group {
+    pub name: String,
+    pub bridge: String,
+    pub probe_interval: Duration,
+    pub down_after: u32,
+    pub up_after: u32,
+    pub failback: Failback,
+    pub hold_down: Duration,
+    /// Health changes of one uplink within `flap_window` above which it is
+    /// flapping (alarm; not chosen while another healthy uplink exists).
+    pub flap_threshold: u32,
+    pub flap_window: Duration,
+    /// In priority order: the first is the primary.
+    pub uplinks: Vec<Uplink>,
+}
+
+/// `[[group.uplink]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    pub name: String,
+    pub interface: String,
+    pub gateway: IpAddr,
+    pub probe_source: IpAddr,
+    pub gateway_mac: Option<[u8; 6]>,
+    pub vlan: Option<u16>,
+}
+
+/// A configuration error: where, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {place}: {message}")]
+    Invalid {
+        path: PathBuf,
+        place: Place,
+        message: String,
+    },
+}
+
+/// Where in the file an error is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub group: Option<String>,
+    pub uplink: Option<String>,
+    pub field: String,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(g) = &self.group {
+            write!(f, "group {g:?}, ")?;
+        }
+        if let Some(u) = &self.uplink {
+            write!(f, "uplink {u:?}, ")?;
+        }
+        write!(f, "{}", self.field)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default, rename = "group")]
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    state_dir: Option<PathBuf>,
+    bpf_pin_dir: Option<PathBuf>,
+    control_socket: Option<PathBuf>,
+    metrics_listen: Option<String>,
+    xdp_mode: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: String,
+    bridge: String,
+    #[serde(default = "default_probe_interval_ms")]
+    probe_interval_ms: u64,
+    #[serde(default = "default_three")]
+    down_after: u32,
+    #[serde(default = "default_three")]
+    up_after: u32,
+    #[serde(default = "default_failback")]
+    failback: String,
+    #[serde(default = "default_hold_down_ms")]
+    hold_down_ms: u64,
+    #[serde(default = "default_flap_threshold")]
+    flap_threshold: u32,
+    #[serde(default = "default_flap_window_ms")]
+    flap_window_ms: u64,
+    #[serde(default, rename = "uplink")]
+    uplinks: Vec<RawUplink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUplink {
+    name: String,
+    interface: String,
+    gateway: String,
+    probe_source: String,
+    gateway_mac: Option<String>,
+    vlan: Option<i64>,
+}
+
+fn default_probe_interval_ms() -> u64 {
+    100
+}
+fn default_three() -> u32 {
+    3
+}
+fn default_failback() -> String {
+    "never".into()
+}
+fn default_hold_down_ms() -> u64 {
+    10_000
+}
+fn default_flap_threshold() -> u32 {
+    4
+}
+fn default_flap_window_ms() -> u64 {
+    60_000
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut out {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn valid_name(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn valid_ifname(s: &str) -> bool {
+    // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and whitespace.
+    (1..=15).contains(&s.len()) && !s.contains(['/', ':']) && !s.chars().any(char::is_whitespace) && s != "." && s != ".."
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates configuration text (`path` is only for messages).
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().replace('\n', "\n  "),
+    })?;
+    Validator { path }.config(raw)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, group: Option<&str>, uplink: Option<&str>, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            place: Place {
+                group: group.map(str::to_string),
+                uplink: uplink.map(str::to_string),
+                field: field.to_string(),
+            },
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let agent = self.agent(raw.agent)?;
+        if raw.groups.is_empty() {
+            return Err(self.err(None, None, "group", "no [[group]] configured: at least one is needed"));
+        }
+        if raw.groups.len() > MAX_GROUPS as usize {
+            return Err(self.err(
+                None,
+                None,
+                "group",
+                format!("{} groups configured; at most {MAX_GROUPS} are supported", raw.groups.len()),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut interfaces: HashMap<String, (String, String)> = HashMap::new();
+        let mut groups = Vec::with_capacity(raw.groups.len());
+        for g in raw.groups {
+            let group = self.group(g)?;
+            if !names.insert(group.name.clone()) {
+                return Err(self.err(Some(&group.name), None, "name", "two groups have this name"));
+            }
+            for u in &group.uplinks {
+                if let Some((g2, u2)) = interfaces.insert(u.interface.clone(), (group.name.clone(), u.name.clone())) {
+                    return Err(self.err(
+                        Some(&group.name),
+                        Some(&u.name),
+                        "interface",
+                        format!("{:?} is already uplink {u2:?} of group {g2:?}", u.interface),
+                    ));
+                }
+            }
+            groups.push(group);
+        }
+        if interfaces.len() > MAX_UPLINKS as usize {
+            return Err(self.err(
+                None,
+                None,
+                "group",
+                format!("{} uplinks configured in all; at most {MAX_UPLINKS} are supported", interfaces.len()),
+            ));
+        }
+        Ok(Config { agent, groups })
+    }
+
+    fn agent(&self, raw: RawAgent) -> Result<Agent, ConfigError> {
+        let metrics_listen = match raw.metrics_listen {
+            None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
+            Some(s) => s.parse().map_err(|_| {
+                self.err(None, None, "agent.metrics_listen", format!("{s:?} is not an address:port such as \"127.0.0.1:{DEFAULT_METRICS_PORT}\""))
+            })?,
+        };
+        let xdp_mode = match raw.xdp_mode {
+            None => XdpAttachMode::default(),
+            Some(s) => s.parse().map_err(|e: String| self.err(None, None, "agent.xdp_mode", e))?,
+        };
+        let absolute = |p: Option<PathBuf>, default: &str, field: &str| -> Result<PathBuf, ConfigError> {
+            let p = p.unwrap_or_else(|| PathBuf::from(default));
+            if p.is_absolute() {
+                Ok(p)
+            } else {
+                Err(self.err(None, None, field, format!("{} is not an absolute path", p.display())))
+            }
+        };
+        Ok(Agent {
+            state_dir: absolute(raw.state_dir, "/var/lib/failover-agent", "agent.state_dir")?,
+            bpf_pin_dir: absolute(raw.bpf_pin_dir, "/sys/fs/bpf/failover-agent", "agent.bpf_pin_dir")?,
+            control_socket: absolute(raw.control_socket, "/run/failover-agent/control.sock", "agent.control_socket")?,
+            metrics_listen,
+            xdp_mode,
+        })
+    }
+
+    fn group(&self, g: RawGroup) -> Result<Group, ConfigError> {
+        let name = g.name;
+        let at = Some(name.as_str());
+        if !valid_name(&name) {
+            return Err(self.err(at, None, "name", "must be 1-32 characters of A-Z a-z 0-9 - _ ."));
+        }
+        if g.bridge.is_empty() {
+            return Err(self.err(at, None, "bridge", "must name the OVS bridge"));
+        }
+        if g.probe_interval_ms == 0 || g.probe_interval_ms > MAX_PROBE_INTERVAL_MS {
+            return Err(self.err(
+                at,
+                None,
+                "probe_interval_ms",
+                format!("{} is out of range 1..={MAX_PROBE_INTERVAL_MS}", g.probe_interval_ms),
+            ));
+        }
+        for (field, v) in [("down_after", g.down_after), ("up_after", g.up_after)] {
+            if v == 0 || v > MAX_PROBE_COUNT {
+                return Err(self.err(at, None, field, format!("{v} is out of range 1..={MAX_PROBE_COUNT}")));
+            }
+        }
+        let failback = match g.failback.as_str() {
+            "never" => Failback::Never,
+            "auto" => Failback::Auto,
+            other => return Err(self.err(at, None, "failback", format!("{other:?}: expected \"never\" or \"auto\""))),
+        };
+        if g.hold_down_ms > MAX_HOLD_DOWN_MS {
+            return Err(self.err(at, None, "hold_down_ms", format!("{} is more than {MAX_HOLD_DOWN_MS} (one hour)", g.hold_down_ms)));
+        }
+        if g.flap_threshold < 2 || g.flap_threshold > 1000 {
+            return Err(self.err(at, None, "flap_threshold", format!("{} is out of range 2..=1000", g.flap_threshold)));
+        }
+        if g.flap_window_ms == 0 || g.flap_window_ms > MAX_HOLD_DOWN_MS {
+            return Err(self.err(at, None, "flap_window_ms", format!("{} is out of range 1..={MAX_HOLD_DOWN_MS}", g.flap_window_ms)));
+        }
+        if g.uplinks.len() < 2 {
+            return Err(self.err(at, None, "uplink", format!("{} uplink(s) configured: a group needs at least two", g.uplinks.len())));
+        }
+        if g.uplinks.len() > MAX_GROUP_UPLINKS {
+            return Err(self.err(
+                at,
+                None,
+                "uplink",
+                format!("{} uplinks configured: at most {MAX_GROUP_UPLINKS} per group are supported", g.uplinks.len()),
+            ));
+        }
+        let mut uplinks = Vec::with_capacity(g.uplinks.len());
+        let mut seen = HashSet::new();
+        for u in g.uplinks {
+            let uplink = self.uplink(&name, u)?;
+            if !seen.insert(uplink.name.clone()) {
+                return Err(self.err(at, Some(&uplink.name), "name", "two uplinks of this group have this name"));
+            }
+            uplinks.push(uplink);
+        }
+        Ok(Group {
+            name,
+            bridge: g.bridge,
+            probe_interval: Duration::from_millis(g.probe_interval_ms),
+            down_after: g.down_after,
+            up_after: g.up_after,
+            failback,
+            hold_down: Duration::from_millis(g.hold_down_ms),
+            flap_threshold: g.flap_threshold,
+            flap_window: Duration::from_millis(g.flap_window_ms),
+            uplinks,
+        })
+    }
+
+    fn uplink(&self, group: &str, u: RawUplink) -> Result<Uplink, ConfigError> {
+        let g = Some(group);
+        let at = Some(u.name.as_str());
+        if !valid_name(&u.name) {
+            return Err(self.err(g, at, "name", "must be 1-32 characters of A-Z a-z 0-9 - _ ."));
+        }
+        if !valid_ifname(&u.interface) {
+            return Err(self.err(g, at, "interface", format!("{:?} is not a valid interface name", u.interface)));
+        }
+        let ip = |field: &str, s: &str| -> Result<IpAddr, ConfigError> {
+            let addr: IpAddr = s
+                .parse()
+                .map_err(|_| self.err(g, at, field, format!("{s:?} is not an IPv4 or IPv6 address")))?;
+            if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() || addr == IpAddr::from([255, 255, 255, 255]) {
+                return Err(self.err(g, at, field, format!("{addr} cannot be a unicast neighbour")));
+            }
+            Ok(addr)
+        };
+        let gateway = ip("gateway", &u.gateway)?;
+        let probe_source = ip("probe_source", &u.probe_source)?;
+        if gateway.is_ipv4() != probe_source.is_ipv4() {
+            return Err(self.err(g, at, "probe_source", format!("{probe_source} is not of the gateway's family ({gateway})")));
+        }
+        if gateway == probe_source {
+            return Err(self.err(g, at, "probe_source", "is the gateway's own address"));
+        }
+        let gateway_mac = match u.gateway_mac {
+            None => None,
+            Some(s) => {
+                let mac = parse_mac(&s).ok_or_else(|| self.err(g, at, "gateway_mac", format!("{s:?} is not a MAC such as \"02:00:5e:00:53:01\"")))?;
+                if mac[0] & 1 != 0 || mac == [0; 6] {
+                    return Err(self.err(g, at, "gateway_mac", format!("{s} is not a unicast MAC")));
+                }
+                Some(mac)
+            }
+        };
+        let vlan = match u.vlan {
+            None => None,
+            Some(v @ 1..=4094) => Some(v as u16),
+            Some(v) => return Err(self.err(g, at, "vlan", format!("{v} is out of range 1..=4094"))),
+        };
+        Ok(Uplink {
+            name: u.name,
+            interface: u.interface,
+            gateway,
+            probe_source,
+            gateway_mac,
+            vlan,
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;
