@@ -6,3 +6,4 @@
 
 pub mod config;
 pub mod datapath;
+pub mod failover;
