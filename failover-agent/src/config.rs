@@ -434,7 +434,7 @@ impl Validator<'_> {
         };
         let vlan = match u.vlan {
             None => None,
-            Some(v @ 1..=4094) => Some(v as u16),
+            Some(v @ 1..=4094) => u16::try_from(v).ok(),
             Some(v) => return Err(self.err(g, at, "vlan", format!("{v} is out of range 1..=4094"))),
         };
         Ok(Uplink {

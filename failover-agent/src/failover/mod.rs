@@ -353,11 +353,14 @@ impl Core {
             // The counters started over (programs attached anew): rebase.
             u.replies_at_probe = u.replies_at_probe.map(|_| total);
         }
+        // `mac` is the sender of the newest reply: learn it only from a reply
+        // newer than what was seen (not from the one before a forget).
+        let fresh = total > u.replies;
         u.replies = total;
         if u.configured_mac.is_none()
             && u.learned_mac.is_none()
+            && fresh
             && let Some(mac) = mac
-            && total > 0
         {
             u.learned_mac = Some(mac);
             self.actions.push_back(Action::GatewayMac {

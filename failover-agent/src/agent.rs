@@ -1,0 +1,690 @@
+//! The driver: wires the pure core ([`crate::failover`]) to the world. The
+//! only code that touches tokio; it reaches the datapath, netlink, probe
+//! sockets, control socket and state file through their own modules.
+//!
+//! One loop on one thread: a timer (probe rounds), link events, control
+//! requests and signals go in; the core's actions come out and are carried
+//! out in order. The datapath flips first (one map update), the rest follows.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use failover_common::{FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GroupState, MAX_GROUP_UPLINKS, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::{
+    config::{Config, format_mac},
+    control::{self, AlarmStatus, Event, GroupStatus, Incoming, Request, Response, Status, SwitchoverStatus, UplinkStatus},
+    datapath::{AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath},
+    failover::{Action, Alarm, AlarmKind, Core, Gateway, Link, Part, SwitchDone, alarm_message},
+    link::{self, LinkEvent, LinkState},
+    probe::{PacketSockets, ProbeSpec, ProbeTransport, probe_frame},
+    state::{self, PersistedAlarm, State},
+};
+
+/// How many events `failover-agent events` can look back on.
+const EVENT_HISTORY: usize = 1000;
+/// How many switchover durations are kept (for the metrics).
+const DURATION_HISTORY: usize = 1000;
+
+/// What the driver keeps about one uplink.
+#[derive(Debug, Default)]
+struct UplinkRt {
+    slot: u32,
+    ifindex: Option<u32>,
+    mac: Option<[u8; 6]>,
+    attached: bool,
+    probes_sent: u64,
+    probe_failing: bool,
+    counters: Counters,
+}
+
+/// The agent: core plus the world it acts on.
+pub struct Agent<D: Datapath, P: ProbeTransport> {
+    config: Config,
+    core: Core,
+    dp: D,
+    probes: P,
+    rt: Vec<Vec<UplinkRt>>,
+    events: VecDeque<Event>,
+    alarm_since: HashMap<Alarm, u64>,
+    last_duration: Vec<Option<Duration>>,
+    /// Decision-to-map-update times of every switchover (newest last).
+    pub switch_durations: VecDeque<Duration>,
+    clock: (Instant, SystemTime),
+    dirty: bool,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn alarm_kind(kind: AlarmKind) -> &'static str {
+    match kind {
+        AlarmKind::Replace(Part::Nic) => "nic",
+        AlarmKind::Replace(Part::Gateway) => "gateway",
+        AlarmKind::NoHealthyUplink => "no_healthy_uplink",
+        AlarmKind::Flapping => "flapping",
+    }
+}
+
+fn alarm_kind_from(s: &str) -> Option<AlarmKind> {
+    Some(match s {
+        "nic" => AlarmKind::Replace(Part::Nic),
+        "gateway" => AlarmKind::Replace(Part::Gateway),
+        "no_healthy_uplink" => AlarmKind::NoHealthyUplink,
+        "flapping" => AlarmKind::Flapping,
+        _ => return None,
+    })
+}
+
+fn link_str(l: Link) -> &'static str {
+    match l {
+        Link::Up => "up",
+        Link::Down => "down",
+        Link::Absent => "absent",
+        Link::Unknown => "unknown",
+    }
+}
+
+fn gateway_str(g: Gateway) -> &'static str {
+    match g {
+        Gateway::Up => "up",
+        Gateway::Down => "down",
+        Gateway::Unknown => "unknown",
+    }
+}
+
+fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => {
+            let mut out = [0u8; 16];
+            out[..4].copy_from_slice(&a.octets());
+            out
+        }
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
+    pub fn new(config: Config, dp: D, probes: P, now: Instant) -> Self {
+        let mut slot = 0;
+        let rt = config
+            .groups
+            .iter()
+            .map(|g| {
+                g.uplinks
+                    .iter()
+                    .map(|_| {
+                        slot += 1;
+                        UplinkRt {
+                            slot: slot - 1,
+                            ..UplinkRt::default()
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let core = Core::new(&config, now);
+        let groups = config.groups.len();
+        Self {
+            config,
+            core,
+            dp,
+            probes,
+            rt,
+            events: VecDeque::new(),
+            alarm_since: HashMap::new(),
+            last_duration: vec![None; groups],
+            switch_durations: VecDeque::new(),
+            clock: (now, SystemTime::now()),
+            dirty: false,
+        }
+    }
+
+    fn at_unix_ms(&self, t: Instant) -> u64 {
+        let (base_i, base_s) = self.clock;
+        match t.checked_duration_since(base_i) {
+            Some(d) => unix_ms(base_s + d),
+            None => unix_ms(base_s - base_i.duration_since(t)),
+        }
+    }
+
+    fn find(&self, ifname: &str) -> Option<(usize, usize)> {
+        self.config.groups.iter().enumerate().find_map(|(g, group)| {
+            group.uplinks.iter().position(|u| u.interface == ifname).map(|u| (g, u))
+        })
+    }
+
+    fn event(&mut self, kind: &str, group: Option<usize>, uplink: Option<usize>, message: String) {
+        let group_cfg = group.map(|g| &self.config.groups[g]);
+        self.events.push_back(Event {
+            at_unix_ms: unix_ms(SystemTime::now()),
+            kind: kind.to_string(),
+            group: group_cfg.map(|g| g.name.clone()),
+            uplink: uplink.and_then(|u| group_cfg.map(|g| g.uplinks[u].name.clone())),
+            message,
+        });
+        while self.events.len() > EVENT_HISTORY {
+            self.events.pop_front();
+        }
+    }
+
+    /// Records interface indexes and MACs from the initial dump, before any
+    /// decision (restoring needs them).
+    pub fn learn_interfaces(&mut self, dump: &[LinkEvent]) {
+        for ev in dump {
+            if let Some((g, u)) = self.find(&ev.ifname) {
+                self.rt[g][u].ifindex = Some(ev.ifindex);
+                self.rt[g][u].mac = ev.mac;
+            }
+        }
+    }
+
+    /// Takes over the last run's decisions: the datapath's own state first
+    /// (it is what traffic follows), the state file second; and its alarms.
+    pub fn restore(&mut self, saved: Option<&State>) {
+        for g in 0..self.config.groups.len() {
+            let from_dp = match self.dp.group(g as u32) {
+                Ok(Some(state)) if state.active_ifindex != 0 => {
+                    self.rt[g].iter().position(|u| u.ifindex == Some(state.active_ifindex))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(error = %anyhow::Error::from(e), "reading the pinned group state");
+                    None
+                }
+            };
+            let group = &self.config.groups[g];
+            let from_file = saved
+                .and_then(|s| s.active.get(&group.name))
+                .and_then(|name| group.uplinks.iter().position(|u| &u.name == name));
+            if let Some(u) = from_dp.or(from_file) {
+                info!(group = %group.name, active = %group.uplinks[u].name, source = if from_dp.is_some() { "datapath" } else { "state file" }, "taking over the last decision");
+                self.core.restore_active(g, u);
+            }
+        }
+        for a in saved.map(|s| s.alarms.as_slice()).unwrap_or_default() {
+            let Some(g) = self.config.groups.iter().position(|g| g.name == a.group) else {
+                continue;
+            };
+            let uplink = match &a.uplink {
+                Some(name) => match self.config.groups[g].uplinks.iter().position(|u| &u.name == name) {
+                    Some(u) => Some(u),
+                    None => continue,
+                },
+                None => None,
+            };
+            if let Some(kind) = alarm_kind_from(&a.kind) {
+                let alarm = Alarm { group: g, uplink, kind };
+                self.core.restore_alarm(alarm);
+                self.alarm_since.insert(alarm, a.since_unix_ms);
+            }
+        }
+    }
+
+    fn uplink_config(&self, g: usize, u: usize) -> UplinkConfig {
+        let cfg = &self.config.groups[g].uplinks[u];
+        let rt = &self.rt[g][u];
+        let gateway_mac = self.core.uplink(g, u).and_then(|v| v.gateway_mac);
+        UplinkConfig {
+            group: g as u32,
+            slot: rt.slot,
+            own_mac: rt.mac.unwrap_or([0; 6]),
+            gateway_mac: gateway_mac.unwrap_or([0; 6]),
+            gateway_ip: ip_bytes(cfg.gateway),
+            probe_source: ip_bytes(cfg.probe_source),
+            vlan: cfg.vlan.unwrap_or(0),
+            family: if cfg.gateway.is_ipv4() { FAMILY_IPV4 } else { FAMILY_IPV6 },
+            flags: if gateway_mac.is_some() { UPLINK_GATEWAY_MAC_KNOWN } else { 0 },
+        }
+    }
+
+    fn group_state(&self, g: usize) -> GroupState {
+        let mut state = GroupState::inactive();
+        let active = self.core.active(g);
+        state.active_ifindex = active.and_then(|u| self.rt[g][u].ifindex).unwrap_or(0);
+        for u in 0..self.config.groups[g].uplinks.len().min(MAX_GROUP_UPLINKS) {
+            if let Some(mac) = self.core.uplink(g, u).and_then(|v| v.gateway_mac) {
+                state.gateway_macs[state.gateway_count as usize] = mac;
+                state.gateway_count += 1;
+                if Some(u) == active {
+                    state.active_gateway_mac = mac;
+                    state.flags |= GROUP_ACTIVE_MAC_KNOWN;
+                }
+            }
+        }
+        state
+    }
+
+    /// Writes the group's datapath state if it differs from what is pinned
+    /// (a re-created interface has a new ifindex, a MAC was learned, ...).
+    fn sync_group(&mut self, g: usize) {
+        let want = self.group_state(g);
+        if self.core.active(g).is_none() {
+            return; // nothing decided yet: leave the datapath as it is
+        }
+        match self.dp.group(g as u32) {
+            Ok(Some(have)) if have == want => {}
+            _ => {
+                if let Err(e) = self.dp.set_group(g as u32, &want) {
+                    error!(group = %self.config.groups[g].name, error = %anyhow::Error::from(e), "writing the group's datapath state");
+                }
+            }
+        }
+    }
+
+    fn attach(&mut self, g: usize, u: usize) {
+        let cfg = self.uplink_config(g, u);
+        let ifname = self.config.groups[g].uplinks[u].interface.clone();
+        match self.dp.attach_uplink(&ifname, &cfg) {
+            Ok(outcome) => {
+                self.rt[g][u].attached = true;
+                let how = if outcome == AttachOutcome::Reused { "reused the pinned programs" } else { "attached" };
+                info!(interface = %ifname, "{how}");
+            }
+            Err(e) => {
+                self.rt[g][u].attached = false;
+                error!(interface = %ifname, error = %anyhow::Error::from(e), "attaching the datapath");
+            }
+        }
+    }
+
+    /// A link changed (or was dumped).
+    pub fn on_link(&mut self, ev: &LinkEvent, now: Instant) {
+        let Some((g, u)) = self.find(&ev.ifname) else {
+            return;
+        };
+        let link = match ev.state {
+            LinkState::Gone => {
+                let rt = &mut self.rt[g][u];
+                rt.ifindex = None;
+                rt.attached = false;
+                Link::Absent
+            }
+            LinkState::Up | LinkState::Down => {
+                let rt = &mut self.rt[g][u];
+                let renamed = rt.ifindex != Some(ev.ifindex);
+                rt.ifindex = Some(ev.ifindex);
+                rt.mac = ev.mac.or(rt.mac);
+                if renamed || !rt.attached {
+                    self.attach(g, u);
+                    self.sync_group(g);
+                }
+                if !self.rt[g][u].attached {
+                    // Without the datapath the uplink can be neither probed nor used.
+                    Link::Down
+                } else if ev.state == LinkState::Up {
+                    Link::Up
+                } else {
+                    Link::Down
+                }
+            }
+        };
+        if self.core.uplink(g, u).is_some_and(|v| v.link != link) {
+            let name = &self.config.groups[g].uplinks[u];
+            info!(group = %self.config.groups[g].name, uplink = %name.name, interface = %name.interface, link = link_str(link), "link");
+            let msg = format!("{} ({}) link {}", name.name, name.interface, link_str(link));
+            self.event("link", Some(g), Some(u), msg);
+        }
+        self.core.handle_link(g, u, link, now);
+    }
+
+    /// Interfaces of the configuration that the dump did not show are gone.
+    pub fn mark_missing(&mut self, dump: &[LinkEvent], now: Instant) {
+        for g in 0..self.config.groups.len() {
+            for u in 0..self.config.groups[g].uplinks.len() {
+                let name = &self.config.groups[g].uplinks[u].interface;
+                if !dump.iter().any(|e| &e.ifname == name) {
+                    warn!(interface = %name, "configured interface not found: a NIC fault until it appears");
+                    self.core.handle_link(g, u, Link::Absent, now);
+                }
+            }
+        }
+    }
+
+    /// A probe round is due: read the datapath's counters, then let the core judge.
+    pub fn on_timeout(&mut self, now: Instant) {
+        for g in 0..self.rt.len() {
+            for u in 0..self.rt[g].len() {
+                if !self.rt[g][u].attached {
+                    continue;
+                }
+                match self.dp.counters(self.rt[g][u].slot) {
+                    Ok(c) => {
+                        self.rt[g][u].counters = c;
+                        self.core.handle_replies(g, u, c.valid_replies, c.gateway_mac);
+                    }
+                    Err(e) => warn!(error = %anyhow::Error::from(e), "reading counters"),
+                }
+            }
+        }
+        self.core.handle_timeout(now);
+    }
+
+    /// When [`Agent::on_timeout`] is next due.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+
+    /// Carries out what the core decided, in order.
+    pub fn apply_actions(&mut self) {
+        while let Some(action) = self.core.poll_action() {
+            match action {
+                Action::SetActive {
+                    group,
+                    uplink,
+                    previous,
+                    reason,
+                    decided_at,
+                } => {
+                    let state = self.group_state(group);
+                    let result = self.dp.set_group(group as u32, &state);
+                    let took = decided_at.elapsed();
+                    let g = &self.config.groups[group];
+                    let from = previous.map_or("-", |p| g.uplinks[p].name.as_str());
+                    let to = g.uplinks[uplink].name.clone();
+                    match result {
+                        Ok(()) => {
+                            self.last_duration[group] = Some(took);
+                            self.switch_durations.push_back(took);
+                            while self.switch_durations.len() > DURATION_HISTORY {
+                                self.switch_durations.pop_front();
+                            }
+                            info!(group = %g.name, from, to = %to, reason = reason.as_str(), duration_us = took.as_micros() as u64, "switchover");
+                            let msg = format!("{from} -> {to} ({}), map updated {} us after the decision", reason.as_str(), took.as_micros());
+                            self.event("switchover", Some(group), Some(uplink), msg);
+                        }
+                        Err(e) => {
+                            error!(group = %g.name, to = %to, error = %anyhow::Error::from(e), "switchover: writing the datapath failed");
+                        }
+                    }
+                    self.dirty = true;
+                }
+                Action::MirrorToOvs { group, uplink } => {
+                    // OVS flows follow the datapath once the OVS module exists (issue 4);
+                    // the datapath alone already steers all traffic.
+                    debug!(group = %self.config.groups[group].name, uplink = %self.config.groups[group].uplinks[uplink].name, "OVS mirroring not configured");
+                }
+                Action::RaiseAlarm(alarm) => {
+                    let message = alarm_message(&self.config, &alarm);
+                    warn!(target: "failover_agent::alarm", group = %self.config.groups[alarm.group].name, kind = alarm_kind(alarm.kind), state = "raised", "{message}");
+                    self.alarm_since.insert(alarm, unix_ms(SystemTime::now()));
+                    self.event("alarm_raised", Some(alarm.group), alarm.uplink, message);
+                    self.dirty = true;
+                }
+                Action::ClearAlarm(alarm) => {
+                    let message = alarm_message(&self.config, &alarm);
+                    info!(target: "failover_agent::alarm", group = %self.config.groups[alarm.group].name, kind = alarm_kind(alarm.kind), state = "cleared", "{message}");
+                    self.alarm_since.remove(&alarm);
+                    self.event("alarm_cleared", Some(alarm.group), alarm.uplink, message);
+                    self.dirty = true;
+                }
+                Action::SendProbe {
+                    group,
+                    uplink,
+                    gateway_mac,
+                } => self.send_probe(group, uplink, gateway_mac),
+                Action::GatewayMac { group, uplink, mac } => {
+                    let u = self.config.groups[group].uplinks[uplink].clone();
+                    let what = mac.map_or_else(|| "forgotten (accepting any until learned again)".to_string(), |m| format!("learned: {}", format_mac(&m)));
+                    info!(group = %self.config.groups[group].name, uplink = %u.name, "gateway MAC {what}");
+                    let msg = format!("{} gateway MAC {what}", u.name);
+                    self.event("gateway", Some(group), Some(uplink), msg);
+                    if self.rt[group][uplink].attached {
+                        let cfg = self.uplink_config(group, uplink);
+                        let ifname = u.interface;
+                        if let Err(e) = self.dp.update_uplink(&ifname, &cfg) {
+                            warn!(interface = %ifname, error = %anyhow::Error::from(e), "updating the uplink's gateway MAC");
+                        }
+                    }
+                    self.sync_group(group);
+                }
+            }
+        }
+    }
+
+    fn send_probe(&mut self, g: usize, u: usize, gateway_mac: Option<[u8; 6]>) {
+        let cfg = &self.config.groups[g].uplinks[u];
+        let rt = &self.rt[g][u];
+        let Some(own_mac) = rt.mac else {
+            return;
+        };
+        let spec = ProbeSpec {
+            own_mac,
+            source: cfg.probe_source,
+            gateway: cfg.gateway,
+            gateway_mac,
+            vlan: cfg.vlan,
+        };
+        let Some(frame) = probe_frame(&spec) else {
+            return;
+        };
+        let ifname = cfg.interface.clone();
+        match self.probes.send(&ifname, &frame) {
+            Ok(()) => {
+                let rt = &mut self.rt[g][u];
+                rt.probes_sent += 1;
+                if rt.probe_failing {
+                    rt.probe_failing = false;
+                    info!(interface = %ifname, "probes are sent again");
+                }
+            }
+            Err(e) => {
+                let rt = &mut self.rt[g][u];
+                if !rt.probe_failing {
+                    rt.probe_failing = true;
+                    warn!(error = %e, "sending a probe failed (logged once until it works again)");
+                }
+            }
+        }
+    }
+
+    /// Writes the state file if anything worth keeping changed.
+    pub fn persist(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let mut state = State::default();
+        for (g, group) in self.config.groups.iter().enumerate() {
+            if let Some(u) = self.core.active(g) {
+                state.active.insert(group.name.clone(), group.uplinks[u].name.clone());
+            }
+        }
+        for a in self.core.alarms() {
+            let group = &self.config.groups[a.group];
+            state.alarms.push(PersistedAlarm {
+                group: group.name.clone(),
+                uplink: a.uplink.map(|u| group.uplinks[u].name.clone()),
+                kind: alarm_kind(a.kind).to_string(),
+                since_unix_ms: self.alarm_since.get(a).copied().unwrap_or_default(),
+            });
+        }
+        if let Err(e) = state::save(&self.config.agent.state_dir, &state) {
+            error!(error = %e, "persisting the state");
+        }
+    }
+
+    /// The whole state, for `status`.
+    pub fn status(&self) -> Status {
+        let groups = self
+            .config
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(g, group)| {
+                let active = self.core.active(g);
+                GroupStatus {
+                    name: group.name.clone(),
+                    bridge: group.bridge.clone(),
+                    active: active.map(|u| group.uplinks[u].name.clone()),
+                    operator_hold: self.core.operator_hold(g),
+                    last_switchover: self.core.last_switchover(g).map(|s| SwitchoverStatus {
+                        from: s.from.map(|u| group.uplinks[u].name.clone()),
+                        to: group.uplinks[s.to].name.clone(),
+                        reason: s.reason.as_str().to_string(),
+                        at_unix_ms: self.at_unix_ms(s.at),
+                        duration_us: self.last_duration[g].map(|d| d.as_micros() as u64),
+                    }),
+                    uplinks: group
+                        .uplinks
+                        .iter()
+                        .enumerate()
+                        .map(|(u, cfg)| {
+                            let view = self.core.uplink(g, u);
+                            let rt = &self.rt[g][u];
+                            UplinkStatus {
+                                name: cfg.name.clone(),
+                                interface: cfg.interface.clone(),
+                                ifindex: rt.ifindex,
+                                link: view.map_or("unknown", |v| link_str(v.link)).to_string(),
+                                gateway: view.map_or("unknown", |v| gateway_str(v.gateway)).to_string(),
+                                gateway_ip: cfg.gateway.to_string(),
+                                gateway_mac: view.and_then(|v| v.gateway_mac).map(|m| format_mac(&m)),
+                                healthy: view.is_some_and(|v| v.healthy),
+                                active: active == Some(u),
+                                flapping: view.is_some_and(|v| v.flapping),
+                                probes_sent: rt.probes_sent,
+                                replies: rt.counters.valid_replies,
+                                replies_rejected: rt.counters.rejected_replies,
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        let alarms = self
+            .core
+            .alarms()
+            .map(|a| {
+                let group = &self.config.groups[a.group];
+                AlarmStatus {
+                    group: group.name.clone(),
+                    uplink: a.uplink.map(|u| group.uplinks[u].name.clone()),
+                    kind: alarm_kind(a.kind).to_string(),
+                    message: alarm_message(&self.config, a),
+                    since_unix_ms: self.alarm_since.get(a).copied().unwrap_or_default(),
+                }
+            })
+            .collect();
+        Status { groups, alarms }
+    }
+
+    /// Answers a control request.
+    pub fn on_request(&mut self, request: Request, now: Instant) -> Response {
+        match request {
+            Request::Status => Response {
+                ok: true,
+                status: Some(self.status()),
+                ..Response::default()
+            },
+            Request::Events { limit } => {
+                let limit = limit.unwrap_or(100).min(EVENT_HISTORY);
+                let skip = self.events.len().saturating_sub(limit);
+                Response {
+                    ok: true,
+                    events: Some(self.events.iter().skip(skip).cloned().collect()),
+                    ..Response::default()
+                }
+            }
+            Request::Switch { group, uplink, force } => {
+                let Some(g) = self.config.groups.iter().position(|x| x.name == group) else {
+                    return Response::error(format!("no group {group:?}"));
+                };
+                let Some(u) = self.config.groups[g].uplinks.iter().position(|x| x.name == uplink) else {
+                    return Response::error(format!("group {group:?} has no uplink {uplink:?}"));
+                };
+                match self.core.switch(g, u, force, now) {
+                    Ok(done) => {
+                        self.apply_actions();
+                        self.persist();
+                        let message = match done {
+                            SwitchDone::Switched => format!("group {group}: traffic now on {uplink}"),
+                            SwitchDone::AlreadyActive => format!("group {group}: {uplink} is already active"),
+                        };
+                        Response {
+                            ok: true,
+                            message: Some(message),
+                            ..Response::default()
+                        }
+                    }
+                    Err(e) => Response::error(format!("group {group:?}, uplink {uplink:?}: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// `failover-agent run`: runs until SIGTERM or SIGINT, then leaves the
+/// datapath in place (fail-static) and exits.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run_async(config))
+}
+
+async fn run_async(config: Config) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let dp = EbpfDatapath::open(&DatapathOptions {
+        pin_dir: config.agent.bpf_pin_dir.clone(),
+        xdp_mode: config.agent.xdp_mode,
+    })
+    .context("opening the datapath")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let (dump, mut links) = link::watch().await.context("watching links")?;
+    let saved = match state::load(&config.agent.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "ignoring the saved state");
+            None
+        }
+    };
+    let control_path = config.agent.control_socket.clone();
+    let now = Instant::now();
+    let mut agent = Agent::new(config, dp, PacketSockets::default(), now);
+    agent.learn_interfaces(&dump);
+    agent.restore(saved.as_ref());
+    for ev in &dump {
+        agent.on_link(ev, now);
+    }
+    agent.mark_missing(&dump, now);
+    for g in 0..agent.config.groups.len() {
+        agent.sync_group(g);
+    }
+    agent.apply_actions();
+    agent.persist();
+    let (tx, mut requests) = mpsc::channel::<Incoming>(16);
+    let server = control::serve(&control_path, tx).context("starting the control socket")?;
+    agent.event("agent", None, None, "started".into());
+    info!(control_socket = %control_path.display(), "running");
+
+    loop {
+        let due = agent.next_timeout().map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1), tokio::time::Instant::from_std);
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => agent.on_timeout(Instant::now()),
+            Some(ev) = links.recv() => agent.on_link(&ev, Instant::now()),
+            Some(Incoming { request, reply }) = requests.recv() => {
+                let response = agent.on_request(request, Instant::now());
+                let _ = reply.send(response);
+            }
+            _ = term.recv() => { info!("SIGTERM: stopping; the datapath stays in place"); break; }
+            _ = int.recv() => { info!("SIGINT: stopping; the datapath stays in place"); break; }
+        }
+        agent.apply_actions();
+        agent.persist();
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&control_path);
+    agent.dirty = true;
+    agent.persist();
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! Link state of the uplinks, from rtnetlink: presence, administrative
+//! state and carrier. The only code in the agent that touches netlink.
+//!
+//! [`watch`] subscribes to link events first and dumps the links second, so
+//! no change falls between the dump and the events.
+
+use futures::{StreamExt, TryStreamExt};
+use rtnetlink::packet_route::{
+    RouteNetlinkMessage,
+    link::{LinkAttribute, LinkFlags, LinkMessage},
+};
+use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload};
+use tokio::sync::mpsc;
+
+/// The state of a link, as reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// Administratively up, with carrier (`IFF_UP` and `IFF_LOWER_UP`).
+    Up,
+    /// Present, but down or without carrier.
+    Down,
+    /// The interface is gone.
+    Gone,
+}
+
+/// One link's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkEvent {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub mac: Option<[u8; 6]>,
+    pub state: LinkState,
+}
+
+/// Errors at the netlink boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("opening a netlink socket subscribed to link events")]
+    Subscribe(#[source] std::io::Error),
+    #[error("dumping the links over netlink")]
+    Dump(#[source] rtnetlink::Error),
+}
+
+/// The link state in a `RTM_NEWLINK` / `RTM_DELLINK` message.
+pub fn link_event(msg: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
+    let mut ifname = None;
+    let mut mac = None;
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(name) => ifname = Some(name.clone()),
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(bytes);
+                mac = Some(m);
+            }
+            _ => {}
+        }
+    }
+    let flags = msg.header.flags;
+    let state = if deleted {
+        LinkState::Gone
+    } else if flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp) {
+        LinkState::Up
+    } else {
+        LinkState::Down
+    };
+    Some(LinkEvent {
+        ifname: ifname?,
+        ifindex: msg.header.index,
+        mac,
+        state,
+    })
+}
+
+/// Subscribes to link events, then dumps every link. Returns the dump and a
+/// channel of the changes that follow. Must run inside a tokio runtime.
+pub async fn watch() -> Result<(Vec<LinkEvent>, mpsc::UnboundedReceiver<LinkEvent>), LinkError> {
+    let (conn, handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinkError::Subscribe)?;
+    tokio::spawn(conn);
+    let dump: Vec<LinkEvent> = handle
+        .link()
+        .get()
+        .execute()
+        .map_ok(|msg| link_event(&msg, false))
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(LinkError::Dump)?
+        .into_iter()
+        .flatten()
+        .collect();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            let event = match &message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => link_event(l, false),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => link_event(l, true),
+                _ => None,
+            };
+            if let Some(event) = event
+                && tx.send(event).is_err()
+            {
+                return;
+            }
+        }
+    });
+    Ok((dump, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(flags: LinkFlags, name: Option<&str>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = 7;
+        m.header.flags = flags;
+        if let Some(n) = name {
+            m.attributes.push(LinkAttribute::IfName(n.to_string()));
+        }
+        m.attributes.push(LinkAttribute::Address(vec![2, 0, 0, 0, 1, 1]));
+        m
+    }
+
+    #[test]
+    fn up_needs_admin_up_and_carrier() {
+        let e = link_event(&msg(LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running, Some("eth1")), false).unwrap();
+        assert_eq!(
+            e,
+            LinkEvent {
+                ifname: "eth1".into(),
+                ifindex: 7,
+                mac: Some([2, 0, 0, 0, 1, 1]),
+                state: LinkState::Up
+            }
+        );
+        let no_carrier = link_event(&msg(LinkFlags::Up, Some("eth1")), false).unwrap();
+        assert_eq!(no_carrier.state, LinkState::Down);
+        let admin_down = link_event(&msg(LinkFlags::LowerUp, Some("eth1")), false).unwrap();
+        assert_eq!(admin_down.state, LinkState::Down);
+    }
+
+    #[test]
+    fn deleted_links_are_gone_and_nameless_messages_ignored() {
+        let e = link_event(&msg(LinkFlags::Up | LinkFlags::LowerUp, Some("eth1")), true).unwrap();
+        assert_eq!(e.state, LinkState::Gone);
+        assert_eq!(link_event(&msg(LinkFlags::Up, None), false), None);
+    }
+}
