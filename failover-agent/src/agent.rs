@@ -249,8 +249,10 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         let mut state = GroupState::inactive();
         let active = self.core.active(g);
         state.active_ifindex = active.and_then(|u| self.rt[g][u].ifindex).unwrap_or(0);
+        // Readdressing uses every gateway MAC seen, also one no longer
+        // accepted for liveness: VMs may still send to it.
         for u in 0..self.config.groups[g].uplinks.len().min(MAX_GROUP_UPLINKS) {
-            if let Some(mac) = self.core.uplink(g, u).and_then(|v| v.gateway_mac) {
+            if let Some(mac) = self.core.uplink(g, u).and_then(|v| v.last_gateway_mac) {
                 state.gateway_macs[state.gateway_count as usize] = mac;
                 state.gateway_count += 1;
                 if Some(u) == active {
@@ -309,12 +311,21 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             }
             LinkState::Up | LinkState::Down => {
                 let rt = &mut self.rt[g][u];
-                let renamed = rt.ifindex != Some(ev.ifindex);
+                let recreated = rt.ifindex != Some(ev.ifindex);
+                let mac_changed = ev.mac.is_some() && ev.mac != rt.mac;
                 rt.ifindex = Some(ev.ifindex);
                 rt.mac = ev.mac.or(rt.mac);
-                if renamed || !rt.attached {
+                if recreated || !rt.attached {
                     self.attach(g, u);
                     self.sync_group(g);
+                } else if mac_changed {
+                    // Replies must be addressed to the uplink's current MAC.
+                    let cfg = self.uplink_config(g, u);
+                    let ifname = &self.config.groups[g].uplinks[u].interface;
+                    info!(interface = %ifname, mac = %format_mac(&cfg.own_mac), "the uplink's MAC changed");
+                    if let Err(e) = self.dp.update_uplink(ifname, &cfg) {
+                        warn!(interface = %ifname, error = %anyhow::Error::from(e), "updating the uplink's MAC");
+                    }
                 }
                 if !self.rt[g][u].attached {
                     // Without the datapath the uplink can be neither probed nor used.

@@ -7,9 +7,11 @@
 //! fails), and anything left by a process that no longer exists (a crashed
 //! or killed run) is removed by the next run.
 
+pub mod agent_lab;
 pub mod lab;
 pub mod net;
 pub mod packet;
+pub mod udp;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -175,8 +175,11 @@ pub struct UplinkView {
     pub gateway: Gateway,
     pub healthy: bool,
     pub flapping: bool,
-    /// Configured, or learned from replies.
+    /// Configured, or learned from replies: replies count only from it.
     pub gateway_mac: Option<[u8; 6]>,
+    /// The gateway MAC last known, kept when a learned one is forgotten
+    /// (VMs may still address frames to it).
+    pub last_gateway_mac: Option<[u8; 6]>,
     /// Valid replies counted by the datapath.
     pub replies: u64,
 }
@@ -203,6 +206,7 @@ struct UplinkFsm {
     replies_at_probe: Option<u64>,
     configured_mac: Option<[u8; 6]>,
     learned_mac: Option<[u8; 6]>,
+    last_mac: Option<[u8; 6]>,
     was_healthy: bool,
     seen_healthy: bool,
     healthy_since: Option<Instant>,
@@ -286,6 +290,7 @@ impl Core {
                         replies_at_probe: None,
                         configured_mac: u.gateway_mac,
                         learned_mac: None,
+                        last_mac: u.gateway_mac,
                         was_healthy: false,
                         seen_healthy: false,
                         healthy_since: None,
@@ -363,6 +368,7 @@ impl Core {
             && let Some(mac) = mac
         {
             u.learned_mac = Some(mac);
+            u.last_mac = Some(mac);
             self.actions.push_back(Action::GatewayMac {
                 group,
                 uplink,
@@ -440,6 +446,7 @@ impl Core {
             healthy: u.healthy(),
             flapping: u.flapping,
             gateway_mac: u.gateway_mac(),
+            last_gateway_mac: u.last_mac,
             replies: u.replies,
         })
     }

@@ -222,6 +222,7 @@ fn a_forgotten_mac_is_learned_again_only_from_a_new_reply() {
     h.core.handle_replies(0, 0, total, Some(GW_MAC));
     assert!(!h.drain().iter().any(|x| matches!(x, Action::GatewayMac { uplink: 0, .. })));
     assert_eq!(h.core.uplink(0, 0).unwrap().gateway_mac, None);
+    assert_eq!(h.core.uplink(0, 0).unwrap().last_gateway_mac, Some(GW_MAC), "kept for readdressing");
     let replacement = [2, 0, 0, 0, 0xa, 9];
     h.core.handle_replies(0, 0, total + 1, Some(replacement));
     assert_eq!(
