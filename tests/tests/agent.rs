@@ -4,7 +4,6 @@
 //!
 //! Loss bounds here are generous on purpose (a shared 2-core machine); the
 //! benchmark (`cargo xtask bench`, issue 6) measures the real figures.
-#![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 use std::{process::Command, time::Duration};
 
