@@ -40,6 +40,10 @@ pub struct Agent {
     pub control_socket: PathBuf,
     pub metrics_listen: SocketAddr,
     pub xdp_mode: XdpAttachMode,
+    /// Keep the agent's OpenFlow rules on each group's bridge.
+    pub ovs_flows: bool,
+    /// Where ovs-vswitchd keeps its sockets (`<bridge>.mgmt`).
+    pub ovs_rundir: PathBuf,
 }
 
 /// What happens when a higher-priority uplink is healthy again.
@@ -136,6 +140,8 @@ struct RawAgent {
     control_socket: Option<PathBuf>,
     metrics_listen: Option<String>,
     xdp_mode: Option<String>,
+    ovs_flows: Option<bool>,
+    ovs_rundir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +329,12 @@ impl Validator<'_> {
             control_socket: absolute(raw.control_socket, "/run/failover-agent/control.sock", "agent.control_socket")?,
             metrics_listen,
             xdp_mode,
+            ovs_flows: raw.ovs_flows.unwrap_or(true),
+            ovs_rundir: absolute(
+                raw.ovs_rundir.or_else(|| std::env::var_os("OVS_RUNDIR").map(PathBuf::from)),
+                "/var/run/openvswitch",
+                "agent.ovs_rundir",
+            )?,
         })
     }
 

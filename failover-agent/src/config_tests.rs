@@ -52,6 +52,7 @@ fn defaults_fill_what_is_left_out() {
     assert_eq!(c.agent.bpf_pin_dir, PathBuf::from("/sys/fs/bpf/failover-agent"));
     assert_eq!(c.agent.control_socket, PathBuf::from("/run/failover-agent/control.sock"));
     assert_eq!(c.groups[0].flap_threshold, 4);
+    assert!(c.agent.ovs_flows);
     assert_eq!(c.groups[0].uplinks[1].gateway_mac, None);
 }
 

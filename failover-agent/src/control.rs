@@ -80,7 +80,19 @@ pub struct GroupStatus {
     /// A forced switch holds the group on an unhealthy uplink.
     pub operator_hold: bool,
     pub last_switchover: Option<SwitchoverStatus>,
+    /// The OVS side (absent when `ovs_flows = false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ovs: Option<OvsStatus>,
     pub uplinks: Vec<UplinkStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OvsStatus {
+    /// ovs-vswitchd answers on the bridge's management socket.
+    pub reachable: bool,
+    /// The agent's rules are on the bridge as the group's state wants them.
+    pub rules_in_place: bool,
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +299,14 @@ pub fn render_status(status: &Status, now_unix_ms: u64) -> String {
         if g.operator_hold {
             out.push_str("  [held by operator]");
         }
+        if let Some(o) = &g.ovs {
+            let state = match (o.reachable, o.rules_in_place) {
+                (false, _) => "OVS unreachable",
+                (true, true) => "OVS rules in place",
+                (true, false) => "OVS rules pending",
+            };
+            let _ = write!(out, "  [{state}]");
+        }
         out.push('\n');
         if let Some(s) = &g.last_switchover {
             let ago = now_unix_ms.saturating_sub(s.at_unix_ms) / 1000;
@@ -384,6 +404,11 @@ mod tests {
                 bridge: "br-ext".into(),
                 active: Some("standby".into()),
                 operator_hold: false,
+                ovs: Some(OvsStatus {
+                    reachable: true,
+                    rules_in_place: true,
+                    last_error: None,
+                }),
                 last_switchover: Some(SwitchoverStatus {
                     from: Some("primary".into()),
                     to: "standby".into(),
@@ -424,7 +449,7 @@ mod tests {
             }],
         };
         let text = render_status(&status, 61_000);
-        assert!(text.contains("group ext (bridge br-ext)  active: standby"), "{text}");
+        assert!(text.contains("group ext (bridge br-ext)  active: standby  [OVS rules in place]"), "{text}");
         assert!(text.contains("last switchover: primary -> standby (nic_fault), 60 s ago, map updated in 42 us"), "{text}");
         assert!(text.contains("* standby"), "{text}");
         assert!(text.contains("9/10"), "{text}");

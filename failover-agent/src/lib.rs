@@ -16,5 +16,6 @@ pub mod control;
 pub mod datapath;
 pub mod failover;
 pub mod link;
+pub mod ovs;
 pub mod probe;
 pub mod state;

@@ -192,7 +192,7 @@ impl AgentLab {
         let o = &self.options;
         let (gateway, source) = if o.ipv6 { ("2001:db8::1", "2001:db8::fa") } else { ("192.0.2.1", "192.0.2.250") };
         let text = format!(
-            "[agent]\nstate_dir = \"{state}\"\nbpf_pin_dir = \"{pins}\"\ncontrol_socket = \"{sock}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
+            "[agent]\nstate_dir = \"{state}\"\nbpf_pin_dir = \"{pins}\"\ncontrol_socket = \"{sock}\"\nmetrics_listen = \"127.0.0.1:0\"\novs_flows = false\n\n\
              [[group]]\nname = \"ext\"\nbridge = \"br0\"\nprobe_interval_ms = {pi}\ndown_after = {down}\nup_after = {up}\n\
              failback = \"{fb}\"\nhold_down_ms = {hd}\n\n\
              [[group.uplink]]\nname = \"primary\"\ninterface = \"up1\"\ngateway = \"{gateway}\"\nprobe_source = \"{source}\"\n\n\

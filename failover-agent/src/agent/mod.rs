@@ -17,12 +17,17 @@ use failover_common::{FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GroupSta
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+mod ovs_sync;
+
+use ovs_sync::{BridgeAlarm, JobDone, OvsSync, run_job};
+
 use crate::{
     config::{Config, format_mac},
     control::{self, AlarmStatus, Event, GroupStatus, Incoming, Request, Response, Status, SwitchoverStatus, UplinkStatus},
     datapath::{AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath},
     failover::{Action, Alarm, AlarmKind, Core, Gateway, Link, Part, SwitchDone, alarm_message},
     link::{self, LinkEvent, LinkState},
+    ovs::{GroupFlows, OvsCli, openflow},
     probe::{PacketSockets, ProbeSpec, ProbeTransport, probe_frame},
     state::{self, PersistedAlarm, State},
 };
@@ -58,6 +63,9 @@ pub struct Agent<D: Datapath, P: ProbeTransport> {
     pub switch_durations: VecDeque<Duration>,
     clock: (Instant, SystemTime),
     dirty: bool,
+    /// The OVS side (None when `ovs_flows = false`).
+    ovs: Option<OvsSync>,
+    ovs_alarm_since: HashMap<String, u64>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -81,6 +89,10 @@ fn alarm_kind_from(s: &str) -> Option<AlarmKind> {
         "flapping" => AlarmKind::Flapping,
         _ => return None,
     })
+}
+
+fn ovs_alarm_message(bridge: &str) -> String {
+    format!("OVS bridge {bridge} does not answer: the datapath keeps steering; the agent's rules return when it does")
 }
 
 fn link_str(l: Link) -> &'static str {
@@ -132,6 +144,10 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             .collect();
         let core = Core::new(&config, now);
         let groups = config.groups.len();
+        let ovs = config.agent.ovs_flows.then(|| {
+            let bridges: std::collections::BTreeSet<String> = config.groups.iter().map(|g| g.bridge.clone()).collect();
+            OvsSync::new(groups, bridges, now)
+        });
         Self {
             config,
             core,
@@ -144,7 +160,93 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             switch_durations: VecDeque::new(),
             clock: (now, SystemTime::now()),
             dirty: false,
+            ovs,
+            ovs_alarm_since: HashMap::new(),
         }
+    }
+
+    /// What group `g`'s OpenFlow rules should say now (None: nothing decided).
+    fn group_flows(&self, g: usize) -> Option<GroupFlows> {
+        let group = &self.config.groups[g];
+        let active = self.core.active(g)?;
+        let macs: Vec<[u8; 6]> = (0..group.uplinks.len())
+            .filter_map(|u| self.core.uplink(g, u).and_then(|v| v.last_gateway_mac))
+            .collect();
+        Some(GroupFlows {
+            group: g as u32,
+            bridge: group.bridge.clone(),
+            uplinks: group.uplinks.iter().map(|u| u.interface.clone()).collect(),
+            active,
+            gateway_macs: macs,
+            active_mac: self.core.uplink(g, active).and_then(|v| v.last_gateway_mac),
+        })
+    }
+
+    /// Asks for group `g`'s rules to follow its current state.
+    fn ovs_desire(&mut self, g: usize) {
+        if let Some(flows) = self.group_flows(g)
+            && let Some(ovs) = &mut self.ovs
+        {
+            ovs.desire(g, flows);
+        }
+    }
+
+    /// The next OVS job due, if any.
+    pub fn ovs_job(&mut self, now: Instant) -> Option<ovs_sync::Job> {
+        self.ovs.as_mut()?.next_job(now)
+    }
+
+    /// An OVS job finished.
+    pub fn ovs_done(&mut self, done: &JobDone, now: Instant) {
+        if let Some(ovs) = &mut self.ovs {
+            ovs.done(done, now);
+        }
+        if let Ok(true) = done.result {
+            let g = done.group;
+            let msg = format!(
+                "OVS rules on {} follow {} ({} ms)",
+                done.flows.bridge,
+                self.config.groups[g].uplinks[done.flows.active].name,
+                done.took.as_millis()
+            );
+            info!(group = %self.config.groups[g].name, bridge = %done.flows.bridge, took_ms = done.took.as_millis() as u64, "OVS rules installed");
+            self.event("ovs", Some(g), None, msg);
+        }
+    }
+
+    /// A bridge came or went; raises or clears "OVS unreachable" when due.
+    pub fn ovs_reachability(&mut self, bridge: &str, up: bool, now: Instant) {
+        if let Some(ovs) = &mut self.ovs {
+            ovs.reachability(bridge, up, now);
+        }
+        self.ovs_alarms(now);
+    }
+
+    fn ovs_alarms(&mut self, now: Instant) {
+        let Some(ovs) = &mut self.ovs else {
+            return;
+        };
+        for change in ovs.alarms(now) {
+            match change {
+                BridgeAlarm::Raise(bridge) => {
+                    let message = ovs_alarm_message(&bridge);
+                    warn!(target: "failover_agent::alarm", bridge = %bridge, kind = "ovs_unreachable", state = "raised", "{message}");
+                    self.ovs_alarm_since.insert(bridge, unix_ms(SystemTime::now()));
+                    self.event("alarm_raised", None, None, message);
+                }
+                BridgeAlarm::Clear(bridge) => {
+                    let message = ovs_alarm_message(&bridge);
+                    info!(target: "failover_agent::alarm", bridge = %bridge, kind = "ovs_unreachable", state = "cleared", "{message}");
+                    self.ovs_alarm_since.remove(&bridge);
+                    self.event("alarm_cleared", None, None, message);
+                }
+            }
+        }
+    }
+
+    /// When the OVS side next needs attention.
+    pub fn ovs_deadline(&self) -> Option<Instant> {
+        self.ovs.as_ref()?.next_deadline()
     }
 
     fn at_unix_ms(&self, t: Instant) -> u64 {
@@ -376,6 +478,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             }
         }
         self.core.handle_timeout(now);
+        self.ovs_alarms(now);
     }
 
     /// When [`Agent::on_timeout`] is next due.
@@ -418,9 +521,8 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     self.dirty = true;
                 }
                 Action::MirrorToOvs { group, uplink } => {
-                    // OVS flows follow the datapath once the OVS module exists (issue 4);
-                    // the datapath alone already steers all traffic.
-                    debug!(group = %self.config.groups[group].name, uplink = %self.config.groups[group].uplinks[uplink].name, "OVS mirroring not configured");
+                    debug!(group = %self.config.groups[group].name, uplink = %self.config.groups[group].uplinks[uplink].name, "OVS rules to follow");
+                    self.ovs_desire(group);
                 }
                 Action::RaiseAlarm(alarm) => {
                     let message = alarm_message(&self.config, &alarm);
@@ -455,6 +557,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                         }
                     }
                     self.sync_group(group);
+                    self.ovs_desire(group);
                 }
             }
         }
@@ -531,7 +634,16 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             .enumerate()
             .map(|(g, group)| {
                 let active = self.core.active(g);
+                let ovs = self.ovs.as_ref().map(|o| {
+                    let (reachable, in_sync, last_error) = o.group_status(g);
+                    control::OvsStatus {
+                        reachable,
+                        rules_in_place: in_sync,
+                        last_error,
+                    }
+                });
                 GroupStatus {
+                    ovs,
                     name: group.name.clone(),
                     bridge: group.bridge.clone(),
                     active: active.map(|u| group.uplinks[u].name.clone()),
@@ -570,6 +682,13 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 }
             })
             .collect();
+        let ovs_alarms = self.ovs.iter().flat_map(OvsSync::alarmed).map(|bridge| AlarmStatus {
+            group: self.config.groups.iter().find(|g| &g.bridge == bridge).map(|g| g.name.clone()).unwrap_or_default(),
+            uplink: None,
+            kind: "ovs_unreachable".into(),
+            message: ovs_alarm_message(bridge),
+            since_unix_ms: self.ovs_alarm_since.get(bridge).copied().unwrap_or_default(),
+        });
         let alarms = self
             .core
             .alarms()
@@ -583,6 +702,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     since_unix_ms: self.alarm_since.get(a).copied().unwrap_or_default(),
                 }
             })
+            .chain(ovs_alarms)
             .collect();
         Status { groups, alarms }
     }
@@ -670,18 +790,41 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     agent.mark_missing(&dump, now);
     for g in 0..agent.config.groups.len() {
         agent.sync_group(g);
+        agent.ovs_desire(g);
     }
     agent.apply_actions();
     agent.persist();
+    // OVS: a connection per bridge tells when ovs-vswitchd comes and goes;
+    // rule installs run on blocking threads and report back.
+    let (reach_tx, mut reachability) = mpsc::unbounded_channel();
+    let (done_tx, mut jobs_done) = mpsc::unbounded_channel::<JobDone>();
+    let ovs_cli = OvsCli::new(&agent.config.agent.ovs_rundir);
+    if agent.config.agent.ovs_flows {
+        let bridges: std::collections::BTreeSet<String> = agent.config.groups.iter().map(|g| g.bridge.clone()).collect();
+        for bridge in bridges {
+            tokio::spawn(openflow::monitor(bridge.clone(), ovs_cli.socket(&bridge), reach_tx.clone()));
+        }
+    }
+    drop(reach_tx);
     let (tx, mut requests) = mpsc::channel::<Incoming>(16);
     let server = control::serve(&control_path, tx).context("starting the control socket")?;
     agent.event("agent", None, None, "started".into());
     info!(control_socket = %control_path.display(), "running");
 
     loop {
-        let due = agent.next_timeout().map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1), tokio::time::Instant::from_std);
+        let now = Instant::now();
+        while let Some(job) = agent.ovs_job(now) {
+            let (cli, tx) = (ovs_cli.clone(), done_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send(run_job(&cli, job));
+            });
+        }
+        let next = [agent.next_timeout(), agent.ovs_deadline()].into_iter().flatten().min();
+        let due = next.map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1), tokio::time::Instant::from_std);
         tokio::select! {
             () = tokio::time::sleep_until(due) => agent.on_timeout(Instant::now()),
+            Some(r) = reachability.recv() => agent.ovs_reachability(&r.bridge, r.up, Instant::now()),
+            Some(done) = jobs_done.recv() => agent.ovs_done(&done, Instant::now()),
             Some(ev) = links.recv() => agent.on_link(&ev, Instant::now()),
             Some(Incoming { request, reply }) = requests.recv() => {
                 let response = agent.on_request(request, Instant::now());

@@ -1,0 +1,328 @@
+//! Keeping each group's OpenFlow rules in step with the datapath: what to
+//! (re)install and when, whether each bridge answers, and the "OVS
+//! unreachable" alarm. The `ovs-ofctl` runs themselves happen on blocking
+//! threads ([`run_job`]); this part only decides.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use tracing::{info, warn};
+
+use crate::ovs::{GroupFlows, OvsCli, OvsError, plan};
+
+/// How long a bridge may be unreachable before the alarm.
+pub const UNREACHABLE_ALARM_AFTER: Duration = Duration::from_secs(1);
+/// How often the rules are checked against the bridge.
+pub const VERIFY_EVERY: Duration = Duration::from_secs(5);
+/// Retry after a failed install: first, and at most.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// One install (or check) to run on a blocking thread.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub group: usize,
+    pub flows: GroupFlows,
+    /// Only compare with the bridge; install if it differs.
+    pub verify_only: bool,
+}
+
+/// What a job did.
+#[derive(Debug)]
+pub struct JobDone {
+    pub group: usize,
+    pub flows: GroupFlows,
+    pub verify_only: bool,
+    /// `Ok(true)`: rules were (re)installed; `Ok(false)`: already in place.
+    pub result: Result<bool, OvsError>,
+    pub took: Duration,
+}
+
+/// Runs a job: plan from the bridge's ports, compare, install if needed.
+pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
+    let start = Instant::now();
+    let bridge = job.flows.bridge.clone();
+    let result = (|| {
+        let ports = cli.ports(&bridge)?;
+        let wanted = plan(&job.flows, &ports)?;
+        if job.verify_only && cli.dump(&bridge, job.flows.group)? == wanted.flows {
+            return Ok(false);
+        }
+        cli.apply(&bridge, job.flows.group, &wanted)?;
+        Ok(true)
+    })();
+    JobDone {
+        group: job.group,
+        flows: job.flows,
+        verify_only: job.verify_only,
+        result,
+        took: start.elapsed(),
+    }
+}
+
+#[derive(Debug, Default)]
+struct GroupSync {
+    desired: Option<GroupFlows>,
+    installed: Option<GroupFlows>,
+    in_flight: bool,
+    retry_at: Option<Instant>,
+    retry_delay: Duration,
+    next_verify: Option<Instant>,
+    last_error: Option<String>,
+    last_sync: Option<Duration>,
+}
+
+/// The OVS side of each group.
+#[derive(Debug)]
+pub struct OvsSync {
+    groups: Vec<GroupSync>,
+    /// Bridge -> since when it has been unreachable (None: reachable).
+    bridges: BTreeMap<String, Option<Instant>>,
+    alarmed: BTreeSet<String>,
+}
+
+/// A change of the "OVS unreachable" alarm of a bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BridgeAlarm {
+    Raise(String),
+    Clear(String),
+}
+
+impl OvsSync {
+    pub fn new(groups: usize, bridges: impl IntoIterator<Item = String>, now: Instant) -> Self {
+        Self {
+            groups: (0..groups).map(|_| GroupSync::default()).collect(),
+            // Unknown until the first report: counted as unreachable from now.
+            bridges: bridges.into_iter().map(|b| (b, Some(now))).collect(),
+            alarmed: BTreeSet::new(),
+        }
+    }
+
+    /// The rules a group should have now.
+    pub fn desire(&mut self, group: usize, flows: GroupFlows) {
+        let g = &mut self.groups[group];
+        if g.desired.as_ref() != Some(&flows) {
+            g.desired = Some(flows);
+            g.retry_at = None;
+            g.retry_delay = RETRY_MIN;
+        }
+    }
+
+    /// A bridge came or went.
+    pub fn reachability(&mut self, bridge: &str, up: bool, now: Instant) {
+        let Some(state) = self.bridges.get_mut(bridge) else {
+            return;
+        };
+        match (up, state.is_some()) {
+            (true, true) => {
+                info!(bridge, "OVS answers: putting the agent's rules in place");
+                *state = None;
+                // Whatever was installed before is gone if ovs-vswitchd restarted.
+                for g in &mut self.groups {
+                    if g.desired.as_ref().is_some_and(|d| d.bridge == bridge) {
+                        g.installed = None;
+                        g.retry_at = None;
+                    }
+                }
+            }
+            (false, false) => {
+                warn!(bridge, "OVS does not answer; the datapath keeps steering, rules follow when it is back");
+                *state = Some(now);
+            }
+            _ => {}
+        }
+    }
+
+    fn reachable(&self, bridge: &str) -> bool {
+        self.bridges.get(bridge).is_some_and(Option::is_none)
+    }
+
+    /// The next job to run, if any is due.
+    pub fn next_job(&mut self, now: Instant) -> Option<Job> {
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            let Some(desired) = g.desired.clone() else {
+                continue;
+            };
+            if g.in_flight || !self.bridges.get(&desired.bridge).is_some_and(Option::is_none) {
+                continue;
+            }
+            if g.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            let changed = g.installed.as_ref() != Some(&desired);
+            let verify = g.next_verify.is_some_and(|t| t <= now);
+            if changed || verify {
+                g.in_flight = true;
+                g.next_verify = Some(now + VERIFY_EVERY);
+                return Some(Job {
+                    group: i,
+                    flows: desired,
+                    verify_only: !changed,
+                });
+            }
+        }
+        None
+    }
+
+    /// A job finished.
+    pub fn done(&mut self, done: &JobDone, now: Instant) {
+        let g = &mut self.groups[done.group];
+        g.in_flight = false;
+        match &done.result {
+            Ok(changed) => {
+                if *changed && done.verify_only {
+                    warn!(bridge = %done.flows.bridge, "the agent's rules had changed on the bridge: put back");
+                }
+                g.installed = Some(done.flows.clone());
+                g.last_error = None;
+                g.retry_at = None;
+                g.retry_delay = RETRY_MIN;
+                g.last_sync = Some(done.took);
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if g.last_error.as_deref() != Some(&message) {
+                    warn!(error = %message, "installing the agent's OVS rules failed; retrying");
+                }
+                g.last_error = Some(message);
+                g.installed = None;
+                g.retry_at = Some(now + g.retry_delay);
+                g.retry_delay = (g.retry_delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+
+    /// When something is next due (a retry or a verification).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let bridge_alarms = self
+            .bridges
+            .iter()
+            .filter(|(b, _)| !self.alarmed.contains(*b))
+            .filter_map(|(_, since)| since.map(|t| t + UNREACHABLE_ALARM_AFTER));
+        self.groups
+            .iter()
+            .filter(|g| !g.in_flight)
+            .flat_map(|g| [g.retry_at, g.next_verify])
+            .flatten()
+            .chain(bridge_alarms)
+            .min()
+    }
+
+    /// Raises and clears "OVS unreachable" per bridge.
+    pub fn alarms(&mut self, now: Instant) -> Vec<BridgeAlarm> {
+        let mut out = Vec::new();
+        for (bridge, since) in &self.bridges {
+            let down_long = since.is_some_and(|t| now.duration_since(t) >= UNREACHABLE_ALARM_AFTER);
+            if down_long && self.alarmed.insert(bridge.clone()) {
+                out.push(BridgeAlarm::Raise(bridge.clone()));
+            } else if since.is_none() && self.alarmed.remove(bridge) {
+                out.push(BridgeAlarm::Clear(bridge.clone()));
+            }
+        }
+        out
+    }
+
+    /// Whether the bridge of a group answers, and whether its rules are in place.
+    pub fn group_status(&self, group: usize) -> (bool, bool, Option<String>) {
+        let g = &self.groups[group];
+        let reachable = g.desired.as_ref().is_some_and(|d| self.reachable(&d.bridge));
+        let in_sync = g.desired.is_some() && g.installed == g.desired;
+        (reachable, in_sync, g.last_error.clone())
+    }
+
+    /// Bridges with the alarm raised.
+    pub fn alarmed(&self) -> impl Iterator<Item = &String> {
+        self.alarmed.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flows(active: usize) -> GroupFlows {
+        GroupFlows {
+            group: 0,
+            bridge: "br0".into(),
+            uplinks: vec!["up1".into(), "up2".into()],
+            active,
+            gateway_macs: vec![],
+            active_mac: None,
+        }
+    }
+
+    fn ok(job: &Job) -> JobDone {
+        JobDone {
+            group: job.group,
+            flows: job.flows.clone(),
+            verify_only: job.verify_only,
+            result: Ok(true),
+            took: Duration::from_millis(5),
+        }
+    }
+
+    #[test]
+    fn nothing_runs_until_the_bridge_answers_then_the_rules_go_in() {
+        let t0 = Instant::now();
+        let mut s = OvsSync::new(1, ["br0".to_string()], t0);
+        s.desire(0, flows(0));
+        assert!(s.next_job(t0).is_none(), "bridge not reachable yet");
+        s.reachability("br0", true, t0);
+        let job = s.next_job(t0).expect("install");
+        assert!(!job.verify_only);
+        assert!(s.next_job(t0).is_none(), "one job at a time per group");
+        s.done(&ok(&job), t0);
+        assert!(s.next_job(t0).is_none(), "in place");
+        assert_eq!(s.group_status(0), (true, true, None));
+        // A switchover: install again at once.
+        s.desire(0, flows(1));
+        assert!(!s.next_job(t0).unwrap().verify_only);
+    }
+
+    #[test]
+    fn a_restarted_switch_gets_its_rules_back_and_the_alarm_waits_a_second() {
+        let t0 = Instant::now();
+        let mut s = OvsSync::new(1, ["br0".to_string()], t0);
+        s.reachability("br0", true, t0);
+        s.desire(0, flows(0));
+        let job = s.next_job(t0).unwrap();
+        s.done(&ok(&job), t0);
+        s.reachability("br0", false, t0);
+        assert!(s.alarms(t0 + Duration::from_millis(500)).is_empty());
+        assert_eq!(s.alarms(t0 + Duration::from_secs(1)), vec![BridgeAlarm::Raise("br0".into())]);
+        assert!(s.alarms(t0 + Duration::from_secs(2)).is_empty(), "raised once");
+        let back = t0 + Duration::from_secs(3);
+        s.reachability("br0", true, back);
+        assert_eq!(s.alarms(back), vec![BridgeAlarm::Clear("br0".into())]);
+        let job = s.next_job(back).expect("rules put back");
+        assert!(!job.verify_only);
+    }
+
+    #[test]
+    fn failures_retry_with_backoff_and_verification_is_periodic() {
+        let t0 = Instant::now();
+        let mut s = OvsSync::new(1, ["br0".to_string()], t0);
+        s.reachability("br0", true, t0);
+        s.desire(0, flows(0));
+        let job = s.next_job(t0).unwrap();
+        s.done(
+            &JobDone {
+                result: Err(OvsError::MissingPort {
+                    bridge: "br0".into(),
+                    port: "up1".into(),
+                }),
+                ..ok(&job)
+            },
+            t0,
+        );
+        assert!(s.next_job(t0).is_none(), "not before the retry");
+        assert_eq!(s.group_status(0).2.as_deref(), Some("bridge br0: port up1 is not on the bridge"));
+        let job = s.next_job(t0 + Duration::from_millis(100)).expect("retry");
+        s.done(&ok(&job), t0 + Duration::from_millis(100));
+        let later = t0 + Duration::from_millis(100) + VERIFY_EVERY;
+        let check = s.next_job(later).expect("periodic check");
+        assert!(check.verify_only);
+    }
+}

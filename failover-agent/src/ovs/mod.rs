@@ -1,0 +1,313 @@
+//! Open vSwitch: the agent's OpenFlow rules on each group's bridge. The only
+//! code in the agent that touches OVS.
+//!
+//! - [`plan`] (pure) turns a group's state into the rules and port flags it
+//!   needs: nothing arriving on an inactive uplink reaches a VM; traffic from
+//!   the active uplink is switched normally; VM frames to any gateway MAC go
+//!   to the active uplink, readdressed to the active gateway; inactive
+//!   uplinks are `no-flood`, so VM broadcast (ARP, DHCP, ...) reaches only
+//!   the active uplink's segment. VM-to-VM traffic and every rule with
+//!   another cookie are left alone.
+//! - [`OvsCli`] applies a plan with `ovs-ofctl`: the group's rules are
+//!   replaced in one bundle (atomically), then the flood flags set. One
+//!   short-lived process per change, never per probe.
+//! - [`openflow`] keeps an OpenFlow connection to each bridge, so the agent
+//!   learns at once that ovs-vswitchd went away or came back.
+
+pub mod openflow;
+
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use crate::config::format_mac;
+
+/// Cookies of the agent's rules: this base, plus the group's index.
+pub const COOKIE_BASE: u64 = 0xfa11_0000_0000_0000;
+
+/// The cookie of group `group`'s rules.
+pub fn cookie(group: u32) -> u64 {
+    COOKIE_BASE | u64::from(group)
+}
+
+/// What the rules of one group follow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupFlows {
+    pub group: u32,
+    pub bridge: String,
+    /// The uplinks' OVS port names (their interfaces), in priority order.
+    pub uplinks: Vec<String>,
+    pub active: usize,
+    /// Every gateway MAC known in the group.
+    pub gateway_macs: Vec<[u8; 6]>,
+    /// The active gateway's MAC, if known.
+    pub active_mac: Option<[u8; 6]>,
+}
+
+/// The rules and port flags of one group, in `ovs-ofctl`'s canonical form.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// `priority=N,MATCH actions=ACTIONS`, sorted.
+    pub flows: Vec<String>,
+    /// Ports to flood to (the active uplink).
+    pub flood: Vec<String>,
+    /// Ports not to flood to (the inactive uplinks).
+    pub no_flood: Vec<String>,
+}
+
+/// Errors at the OVS boundary, each naming the bridge.
+#[derive(Debug, thiserror::Error)]
+pub enum OvsError {
+    #[error("bridge {bridge}: port {port} is not on the bridge")]
+    MissingPort { bridge: String, port: String },
+    #[error("bridge {bridge}: running {command}")]
+    Spawn {
+        bridge: String,
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bridge {bridge}: {command} failed: {stderr}")]
+    Failed { bridge: String, command: String, stderr: String },
+}
+
+/// The plan for `g`, given the bridge's ports (name -> OpenFlow port number).
+pub fn plan(g: &GroupFlows, ports: &BTreeMap<String, u32>) -> Result<Plan, OvsError> {
+    let port = |name: &String| {
+        ports.get(name).copied().ok_or_else(|| OvsError::MissingPort {
+            bridge: g.bridge.clone(),
+            port: name.clone(),
+        })
+    };
+    let active_name = &g.uplinks[g.active];
+    let active = port(active_name)?;
+    let mut flows = Vec::new();
+    let mut no_flood = Vec::new();
+    for (i, name) in g.uplinks.iter().enumerate() {
+        if i == g.active {
+            continue;
+        }
+        // An inactive uplink whose port is gone needs no rule.
+        if let Some(&p) = ports.get(name) {
+            flows.push(format!("priority=300,in_port={p} actions=drop"));
+            no_flood.push(name.clone());
+        }
+    }
+    flows.push(format!("priority=250,in_port={active} actions=NORMAL"));
+    if let Some(active_mac) = g.active_mac {
+        let mut macs = g.gateway_macs.clone();
+        macs.push(active_mac);
+        macs.sort_unstable();
+        macs.dedup();
+        for mac in macs {
+            let actions = if mac == active_mac {
+                format!("output:{active}")
+            } else {
+                format!("set_field:{}->eth_dst,output:{active}", format_mac(&active_mac))
+            };
+            flows.push(format!("priority=200,dl_dst={} actions={actions}", format_mac(&mac)));
+        }
+    }
+    flows.sort();
+    Ok(Plan {
+        flows,
+        flood: vec![active_name.clone()],
+        no_flood,
+    })
+}
+
+/// Parses `ovs-ofctl dump-flows --no-stats` output into canonical rules
+/// (`priority=N,MATCH actions=ACTIONS`, sorted), the cookie dropped.
+pub fn parse_dump(text: &str) -> Vec<String> {
+    let mut flows: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("cookie=") || l.starts_with("priority="))
+        .map(|l| match l.split_once(", ") {
+            Some((first, rest)) if first.starts_with("cookie=") => rest.to_string(),
+            _ => l.to_string(),
+        })
+        .collect();
+    flows.sort();
+    flows
+}
+
+/// Parses `ovs-ofctl dump-ports-desc` output: port name -> number.
+pub fn parse_ports(text: &str) -> BTreeMap<String, u32> {
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let (num, rest) = l.split_once('(')?;
+            let (name, _) = rest.split_once("):")?;
+            Some((name.to_string(), num.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Open vSwitch through `ovs-ofctl`, reaching each bridge at
+/// `<rundir>/<bridge>.mgmt`.
+#[derive(Clone, Debug)]
+pub struct OvsCli {
+    rundir: PathBuf,
+}
+
+impl OvsCli {
+    pub fn new(rundir: &Path) -> Self {
+        Self {
+            rundir: rundir.to_path_buf(),
+        }
+    }
+
+    /// The bridge's management socket.
+    pub fn socket(&self, bridge: &str) -> PathBuf {
+        self.rundir.join(format!("{bridge}.mgmt"))
+    }
+
+    fn ofctl(&self, bridge: &str, args: &[&str], stdin: Option<&str>) -> Result<String, OvsError> {
+        let target = format!("unix:{}", self.socket(bridge).display());
+        let command = format!("ovs-ofctl {}", args.join(" "));
+        let mut cmd = Command::new("ovs-ofctl");
+        cmd.args(["--timeout=2"]).args(args.iter().map(|a| if *a == "BRIDGE" { target.as_str() } else { a }));
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let spawn_err = |source| OvsError::Spawn {
+            bridge: bridge.to_string(),
+            command: command.clone(),
+            source,
+        };
+        let mut child = cmd.spawn().map_err(spawn_err)?;
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
+        }
+        let out = child.wait_with_output().map_err(spawn_err)?;
+        if !out.status.success() {
+            return Err(OvsError::Failed {
+                bridge: bridge.to_string(),
+                command,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The bridge's ports.
+    pub fn ports(&self, bridge: &str) -> Result<BTreeMap<String, u32>, OvsError> {
+        self.ofctl(bridge, &["-O", "OpenFlow14", "dump-ports-desc", "BRIDGE"], None)
+            .map(|t| parse_ports(&t))
+    }
+
+    /// Replaces the group's rules in one bundle, then sets the flood flags.
+    pub fn apply(&self, bridge: &str, group: u32, plan: &Plan) -> Result<(), OvsError> {
+        let c = cookie(group);
+        let mut bundle = format!("delete cookie={c:#x}/-1\n");
+        for flow in &plan.flows {
+            let (m, actions) = flow.split_once(' ').unwrap_or((flow, ""));
+            bundle += &format!("add cookie={c:#x},{m},{actions}\n");
+        }
+        self.ofctl(bridge, &["-O", "OpenFlow14", "--bundle", "add-flows", "BRIDGE", "-"], Some(&bundle))?;
+        for port in &plan.no_flood {
+            self.ofctl(bridge, &["mod-port", "BRIDGE", port, "no-flood"], None)?;
+        }
+        for port in &plan.flood {
+            self.ofctl(bridge, &["mod-port", "BRIDGE", port, "flood"], None)?;
+        }
+        Ok(())
+    }
+
+    /// The group's rules as they are on the bridge (canonical, sorted).
+    pub fn dump(&self, bridge: &str, group: u32) -> Result<Vec<String>, OvsError> {
+        let filter = format!("cookie={:#x}/-1", cookie(group));
+        self.ofctl(bridge, &["-O", "OpenFlow14", "dump-flows", "BRIDGE", &filter, "--no-stats"], None)
+            .map(|t| parse_dump(&t))
+    }
+
+    /// Removes the group's rules and restores flooding on its uplinks.
+    pub fn remove(&self, bridge: &str, group: u32, uplinks: &[String]) -> Result<(), OvsError> {
+        let filter = format!("cookie={:#x}/-1", cookie(group));
+        self.ofctl(bridge, &["del-flows", "BRIDGE", &filter], None)?;
+        for port in uplinks {
+            self.ofctl(bridge, &["mod-port", "BRIDGE", port, "flood"], None)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GW1: [u8; 6] = [2, 0xfa, 0, 0, 0xa, 1];
+    const GW2: [u8; 6] = [2, 0xfa, 0, 0, 0xa, 2];
+
+    fn ports() -> BTreeMap<String, u32> {
+        [("up1", 1), ("up2", 2), ("vm1", 3)].into_iter().map(|(n, p)| (n.to_string(), p)).collect()
+    }
+
+    fn group(active: usize, active_mac: Option<[u8; 6]>) -> GroupFlows {
+        GroupFlows {
+            group: 0,
+            bridge: "br0".into(),
+            uplinks: vec!["up1".into(), "up2".into()],
+            active,
+            gateway_macs: vec![GW1, GW2],
+            active_mac,
+        }
+    }
+
+    #[test]
+    fn plan_steers_everything_to_the_active_uplink() {
+        let p = plan(&group(1, Some(GW2)), &ports()).unwrap();
+        assert_eq!(
+            p.flows,
+            vec![
+                "priority=200,dl_dst=02:fa:00:00:0a:01 actions=set_field:02:fa:00:00:0a:02->eth_dst,output:2",
+                "priority=200,dl_dst=02:fa:00:00:0a:02 actions=output:2",
+                "priority=250,in_port=2 actions=NORMAL",
+                "priority=300,in_port=1 actions=drop",
+            ]
+        );
+        assert_eq!(p.flood, vec!["up2"]);
+        assert_eq!(p.no_flood, vec!["up1"]);
+    }
+
+    #[test]
+    fn without_a_known_gateway_mac_there_is_nothing_to_readdress() {
+        let p = plan(&group(0, None), &ports()).unwrap();
+        assert_eq!(p.flows, vec!["priority=250,in_port=1 actions=NORMAL", "priority=300,in_port=2 actions=drop"]);
+    }
+
+    #[test]
+    fn a_missing_active_port_is_an_error_and_a_missing_inactive_one_is_skipped() {
+        let mut only_up2 = ports();
+        only_up2.remove("up1");
+        let e = plan(&group(0, Some(GW1)), &only_up2).unwrap_err();
+        assert_eq!(e.to_string(), "bridge br0: port up1 is not on the bridge");
+        let p = plan(&group(1, Some(GW2)), &only_up2).unwrap();
+        assert!(p.no_flood.is_empty());
+        assert!(!p.flows.iter().any(|f| f.contains("drop")));
+    }
+
+    #[test]
+    fn dumps_and_port_lists_parse() {
+        let dump = " cookie=0xfa11000000000000, priority=300,in_port=1 actions=drop\n\
+                    cookie=0xfa11000000000000, priority=250,in_port=2 actions=NORMAL\n";
+        assert_eq!(parse_dump(dump), vec!["priority=250,in_port=2 actions=NORMAL", "priority=300,in_port=1 actions=drop"]);
+        assert_eq!(parse_dump("NXST_FLOW reply (xid=0x4):\n"), Vec::<String>::new());
+        let desc = "OFPST_PORT_DESC reply (OF1.4) (xid=0x2):\n 1(up1): addr:ae:83:13:2b:f4:0d\n     config:     0\n \
+                    2(up2): addr:ae:83:13:2b:f4:0e\n LOCAL(br0): addr:aa:c7:db:12:f3:4e\n";
+        let p = parse_ports(desc);
+        assert_eq!(p.get("up1"), Some(&1));
+        assert_eq!(p.get("up2"), Some(&2));
+        assert_eq!(p.get("br0"), None, "LOCAL is not a numbered port");
+    }
+
+    #[test]
+    fn cookies_carry_the_group() {
+        assert_eq!(cookie(0), 0xfa11_0000_0000_0000);
+        assert_eq!(cookie(5), 0xfa11_0000_0000_0005);
+    }
+}
