@@ -84,6 +84,11 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// Wraps a started agent whose stderr goes to `log`.
+    pub fn new(child: Child, log: PathBuf) -> Self {
+        Self { child, log }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -10,6 +10,7 @@
 pub mod agent_lab;
 pub mod lab;
 pub mod net;
+pub mod ovs_lab;
 pub mod packet;
 pub mod udp;
 

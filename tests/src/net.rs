@@ -38,6 +38,19 @@ pub fn clean_stale() {
                 }
             }
         }
+        // Labs of dead test runs: their OVS daemons first (by their pid files).
+        if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if owner_pid(&name).is_some_and(|pid| !pid_alive(pid)) && e.path().join("conf.db").exists() {
+                    eprintln!("removing lab {name} left by a dead test run");
+                    crate::ovs_lab::down(&crate::ovs_lab::LabSpec {
+                        dir: e.path(),
+                        ..crate::ovs_lab::LabSpec::named(&name)
+                    });
+                }
+            }
+        }
         if let Ok(entries) = fs::read_dir("/sys/fs/bpf") {
             for e in entries.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -63,6 +76,14 @@ impl Netns {
         let name = unique_name(kind);
         ip(&["netns", "add", &name]);
         let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Creates the namespace `name` (the caller made sure it is free).
+    pub fn named(name: &str) -> Self {
+        ip(&["netns", "add", name]);
+        let ns = Self { name: name.to_string() };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }
