@@ -6,7 +6,7 @@
 //! `data_end`) and the host side over a byte slice, so the code that the
 //! host tests exercise is the code the kernel runs.
 
-use crate::{FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GroupState, UplinkConfig};
+use crate::{FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GROUP_REDIRECT_INACTIVE, GroupState, UplinkConfig};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -265,8 +265,8 @@ pub enum Egress {
     Pass,
     /// Leave on this uplink with the destination MAC set to the given one.
     Rewrite([u8; 6]),
-    /// Drop (broadcast/multicast on an inactive uplink: the bridge floods it
-    /// to the active one too).
+    /// Drop: broadcast/multicast on an inactive uplink (the bridge floods it
+    /// to the active one too), and unicast there when not redirecting.
     Drop,
     /// Move to the active uplink, with the destination MAC rewritten if set.
     Redirect {
@@ -297,10 +297,11 @@ pub fn egress_action(ifindex: u32, dst: &[u8; 6], group: &GroupState) -> Egress 
     match (active, new_dst) {
         (true, None) => Egress::Pass,
         (true, Some(mac)) => Egress::Rewrite(mac),
-        (false, new_dst) => Egress::Redirect {
+        (false, new_dst) if group.flags & GROUP_REDIRECT_INACTIVE != 0 => Egress::Redirect {
             ifindex: group.active_ifindex,
             new_dst,
         },
+        (false, _) => Egress::Drop,
     }
 }
 

@@ -1,7 +1,7 @@
 extern crate std;
 
 use super::*;
-use crate::{GROUP_ACTIVE_MAC_KNOWN, UPLINK_GATEWAY_MAC_KNOWN};
+use crate::{GROUP_ACTIVE_MAC_KNOWN, GROUP_REDIRECT_INACTIVE, UPLINK_GATEWAY_MAC_KNOWN};
 use proptest::prelude::*;
 use std::vec::Vec;
 
@@ -366,7 +366,7 @@ fn group(active: u32) -> GroupState {
     g.gateway_macs[0] = GW_MAC;
     g.gateway_macs[1] = GW2_MAC;
     g.active_gateway_mac = if active == 1 { GW_MAC } else { GW2_MAC };
-    g.flags = GROUP_ACTIVE_MAC_KNOWN;
+    g.flags = GROUP_ACTIVE_MAC_KNOWN | GROUP_REDIRECT_INACTIVE;
     g
 }
 
@@ -401,10 +401,19 @@ fn egress_on_inactive_uplink_redirects_or_drops() {
 }
 
 #[test]
+fn egress_on_inactive_uplink_drops_unicast_when_not_redirecting() {
+    let mut g = group(2);
+    g.flags &= !GROUP_REDIRECT_INACTIVE;
+    assert_eq!(egress_action(1, &GW_MAC, &g), Egress::Drop);
+    assert_eq!(egress_action(1, &ROGUE_MAC, &g), Egress::Drop);
+    assert_eq!(egress_action(2, &GW_MAC, &g), Egress::Rewrite(GW2_MAC), "the active uplink still readdresses");
+}
+
+#[test]
 fn egress_without_active_uplink_or_mac_passes() {
     assert_eq!(egress_action(1, &GW2_MAC, &GroupState::inactive()), Egress::Pass);
     let mut g = group(1);
-    g.flags = 0;
+    g.flags = GROUP_REDIRECT_INACTIVE;
     assert_eq!(egress_action(1, &GW2_MAC, &g), Egress::Pass, "unknown active MAC: no rewrite");
 }
 

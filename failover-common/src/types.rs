@@ -44,6 +44,13 @@ pub const UPLINK_GATEWAY_MAC_KNOWN: u8 = 1;
 /// gateway of the group are rewritten to it.
 pub const GROUP_ACTIVE_MAC_KNOWN: u16 = 1;
 
+/// [`GroupState::flags`]: unicast leaving an inactive uplink is redirected
+/// to the active one. The agent sets it from a switchover until the bridge's
+/// flows follow (and always when it does not manage the bridge's flows);
+/// without it such frames are dropped, so that a bridge that floods unknown
+/// unicast (after an OVS restart, say) does not deliver a frame twice.
+pub const GROUP_REDIRECT_INACTIVE: u16 = 2;
+
 /// What the kernel needs to know about one uplink (value of [`MAP_UPLINKS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,8 +109,9 @@ pub struct UplinkStats {
     pub ingress_dropped_inactive: u64,
     /// Unicast frames leaving this (inactive) uplink redirected to the active one.
     pub egress_redirected: u64,
-    /// Broadcast/multicast frames dropped at egress because the uplink is not active.
-    pub egress_dropped_flood: u64,
+    /// Frames dropped at egress because the uplink is not active: broadcast
+    /// and multicast always, unicast when not redirecting.
+    pub egress_dropped: u64,
     /// Frames whose destination MAC was rewritten to the active gateway's.
     pub egress_rewritten: u64,
     /// Probes (frames with [`PROBE_MARK`]) seen leaving this uplink.

@@ -131,7 +131,7 @@ fn try_tc_egress(ctx: &TcContext) -> i32 {
         Egress::Pass => TC_ACT_OK as i32,
         Egress::Drop => {
             if let Some(s) = stats(slot) {
-                s.egress_dropped_flood += 1;
+                s.egress_dropped += 1;
             }
             TC_ACT_SHOT as i32
         }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use failover_agent::datapath::{
     AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode, ebpf::ifindex,
 };
-use failover_common::{FAMILY_IPV4, GROUP_ACTIVE_MAC_KNOWN, GroupState, UplinkConfig};
+use failover_common::{FAMILY_IPV4, GROUP_ACTIVE_MAC_KNOWN, GROUP_REDIRECT_INACTIVE, GroupState, UplinkConfig};
 
 use crate::{
     Netns, PacketSocket, PinDir,
@@ -75,7 +75,7 @@ pub fn group_state(active_ifindex: u32, active_mac: [u8; 6]) -> GroupState {
     g.gateway_macs[0] = GW1_MAC;
     g.gateway_macs[1] = GW2_MAC;
     g.active_gateway_mac = active_mac;
-    g.flags = GROUP_ACTIVE_MAC_KNOWN;
+    g.flags = GROUP_ACTIVE_MAC_KNOWN | GROUP_REDIRECT_INACTIVE;
     g
 }
 

@@ -337,18 +337,6 @@ impl OvsLab {
         failover_agent::ovs::parse_dump(&dump)
     }
 
-    /// Whether a port floods (OpenFlow 1.0 `NO_FLOOD` not set).
-    pub fn floods(&self, port: &str) -> bool {
-        let show = self.ofctl(&["show", "BRIDGE"]).unwrap_or_default();
-        let mut lines = show.lines();
-        while let Some(l) = lines.next() {
-            if l.contains(&format!("({port}):")) {
-                return !lines.next().is_some_and(|c| c.contains("NO_FLOOD"));
-            }
-        }
-        false
-    }
-
     /// The OpenFlow port number of a port.
     pub fn ofport(&self, port: &str) -> Option<u32> {
         self.vsctl(&["get", "Interface", port, "ofport"]).ok()?.trim().parse().ok()

@@ -176,6 +176,8 @@ pub struct Report {
     pub max_gap: Duration,
     /// Arrivals per receiver.
     pub per_receiver: Vec<u64>,
+    /// Runs of consecutive lost sequence numbers: (first, length).
+    pub loss_runs: Vec<(u64, u64)>,
 }
 
 /// Loss, duplicates and the longest gap, from everything the receivers got.
@@ -194,6 +196,15 @@ pub fn report(sent: u64, receivers: usize, arrivals: &[Arrival]) -> Report {
         }
     }
     let received = seen.iter().filter(|s| **s).count() as u64;
+    let mut loss_runs: Vec<(u64, u64)> = Vec::new();
+    for (i, s) in seen.iter().enumerate() {
+        if !*s {
+            match loss_runs.last_mut() {
+                Some((start, len)) if *start + *len == i as u64 => *len += 1,
+                _ => loss_runs.push((i as u64, 1)),
+            }
+        }
+    }
     let mut times: Vec<Duration> = arrivals.iter().map(|a| a.at).collect();
     times.sort_unstable();
     let max_gap = times.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or_default();
@@ -204,6 +215,7 @@ pub fn report(sent: u64, receivers: usize, arrivals: &[Arrival]) -> Report {
         duplicates,
         max_gap,
         per_receiver,
+        loss_runs,
     }
 }
 
@@ -211,13 +223,14 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "sent {}, received {}, lost {}, duplicates {}, longest gap {:.1} ms, per receiver {:?}",
+            "sent {}, received {}, lost {}, duplicates {}, longest gap {:.1} ms, per receiver {:?}, lost runs (first, length) {:?}",
             self.sent,
             self.received,
             self.lost,
             self.duplicates,
             self.max_gap.as_secs_f64() * 1e3,
-            self.per_receiver
+            self.per_receiver,
+            &self.loss_runs[..self.loss_runs.len().min(5)]
         )
     }
 }
@@ -241,5 +254,6 @@ mod tests {
         assert_eq!(r.duplicates, 1);
         assert_eq!(r.max_gap, ms(39));
         assert_eq!(r.per_receiver, vec![2, 2]);
+        assert_eq!(r.loss_runs, vec![(2, 1), (4, 1)]);
     }
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use failover_common::{FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GroupState, MAX_GROUP_UPLINKS, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig};
+use failover_common::{FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GROUP_REDIRECT_INACTIVE, GroupState, MAX_GROUP_UPLINKS, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -201,6 +201,8 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         if let Some(ovs) = &mut self.ovs {
             ovs.done(done, now);
         }
+        // Rules in place: the datapath stops redirecting (one map update).
+        self.sync_group(done.group);
         if let Ok(true) = done.result {
             let g = done.group;
             let msg = format!(
@@ -349,6 +351,16 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
 
     fn group_state(&self, g: usize) -> GroupState {
         let mut state = GroupState::inactive();
+        // Redirect what the bridge still sends out of an inactive uplink
+        // until its flows follow the current decision (always, when the
+        // agent does not manage them).
+        let flows_follow = match &self.ovs {
+            None => false,
+            Some(ovs) => self.group_flows(g).is_some_and(|f| ovs.installed(g) == Some(&f)),
+        };
+        if !flows_follow {
+            state.flags |= GROUP_REDIRECT_INACTIVE;
+        }
         let active = self.core.active(g);
         state.active_ifindex = active.and_then(|u| self.rt[g][u].ifindex).unwrap_or(0);
         // Readdressing uses every gateway MAC seen, also one no longer

@@ -232,6 +232,11 @@ impl OvsSync {
         (reachable, in_sync, g.last_error.clone())
     }
 
+    /// The rules last installed for a group (None: not known to be in place).
+    pub fn installed(&self, group: usize) -> Option<&GroupFlows> {
+        self.groups.get(group)?.installed.as_ref()
+    }
+
     /// Bridges with the alarm raised.
     pub fn alarmed(&self) -> impl Iterator<Item = &String> {
         self.alarmed.iter()

@@ -66,7 +66,7 @@ pub struct Counters {
     pub gateway_mac: Option<[u8; 6]>,
     pub ingress_dropped_inactive: u64,
     pub egress_redirected: u64,
-    pub egress_dropped_flood: u64,
+    pub egress_dropped: u64,
     pub egress_rewritten: u64,
     pub probes_out: u64,
 }
@@ -81,7 +81,7 @@ impl Counters {
             out.rejected_replies += s.rejected_replies;
             out.ingress_dropped_inactive += s.ingress_dropped_inactive;
             out.egress_redirected += s.egress_redirected;
-            out.egress_dropped_flood += s.egress_dropped_flood;
+            out.egress_dropped += s.egress_dropped;
             out.egress_rewritten += s.egress_rewritten;
             out.probes_out += s.probes_out;
             if s.valid_replies > 0 && s.last_reply_ns >= newest {

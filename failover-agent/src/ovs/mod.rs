@@ -1,16 +1,24 @@
 //! Open vSwitch: the agent's OpenFlow rules on each group's bridge. The only
 //! code in the agent that touches OVS.
 //!
-//! - [`plan`] (pure) turns a group's state into the rules and port flags it
-//!   needs: nothing arriving on an inactive uplink reaches a VM; traffic from
-//!   the active uplink is switched normally; VM frames to any gateway MAC go
-//!   to the active uplink, readdressed to the active gateway; inactive
-//!   uplinks are `no-flood`, so VM broadcast (ARP, DHCP, ...) reaches only
-//!   the active uplink's segment. VM-to-VM traffic and every rule with
+//! - [`plan`] (pure) turns a group's state into the rules it needs: VM
+//!   frames to any gateway MAC go to the active uplink, readdressed to the
+//!   active gateway; traffic from the active uplink is switched normally
+//!   (and never sent back out of it). VM-to-VM traffic and every rule with
 //!   another cookie are left alone.
+//!
+//!   What OVS rules cannot do without a gap is left to the datapath, which
+//!   does it from the instant of the switchover: nothing arriving on an
+//!   inactive uplink reaches the bridge (XDP), and VM broadcast (ARP, DHCP,
+//!   ...), flooded by the bridge as usual, leaves only through the active
+//!   uplink (TC). Rules for those were tried and measured: an ingress drop
+//!   rule for the standby, and `no-flood` on it, both lag the switchover by
+//!   an `ovs-ofctl` run (20-40 ms, more under load); in that window the new
+//!   gateway's first ARP reply to a VM was dropped, or the VM's ARP request
+//!   went nowhere, and the VM lost a second to its ARP retry.
 //! - [`OvsCli`] applies a plan with `ovs-ofctl`: the group's rules are
-//!   replaced in one bundle (atomically), then the flood flags set. One
-//!   short-lived process per change, never per probe.
+//!   replaced in one bundle, atomically. Two short-lived processes per
+//!   change (the port list, the bundle), never per probe.
 //! - [`openflow`] keeps an OpenFlow connection to each bridge, so the agent
 //!   learns at once that ovs-vswitchd went away or came back.
 
@@ -47,15 +55,11 @@ pub struct GroupFlows {
     pub active_mac: Option<[u8; 6]>,
 }
 
-/// The rules and port flags of one group, in `ovs-ofctl`'s canonical form.
+/// The rules of one group, in `ovs-ofctl`'s canonical form.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// `priority=N,MATCH actions=ACTIONS`, sorted.
     pub flows: Vec<String>,
-    /// Ports to flood to (the active uplink).
-    pub flood: Vec<String>,
-    /// Ports not to flood to (the inactive uplinks).
-    pub no_flood: Vec<String>,
 }
 
 /// Errors at the OVS boundary, each naming the bridge.
@@ -84,19 +88,7 @@ pub fn plan(g: &GroupFlows, ports: &BTreeMap<String, u32>) -> Result<Plan, OvsEr
     };
     let active_name = &g.uplinks[g.active];
     let active = port(active_name)?;
-    let mut flows = Vec::new();
-    let mut no_flood = Vec::new();
-    for (i, name) in g.uplinks.iter().enumerate() {
-        if i == g.active {
-            continue;
-        }
-        // An inactive uplink whose port is gone needs no rule.
-        if let Some(&p) = ports.get(name) {
-            flows.push(format!("priority=300,in_port={p} actions=drop"));
-            no_flood.push(name.clone());
-        }
-    }
-    flows.push(format!("priority=250,in_port={active} actions=NORMAL"));
+    let mut flows = vec![format!("priority=250,in_port={active} actions=NORMAL")];
     if let Some(active_mac) = g.active_mac {
         let mut macs = g.gateway_macs.clone();
         macs.push(active_mac);
@@ -112,11 +104,7 @@ pub fn plan(g: &GroupFlows, ports: &BTreeMap<String, u32>) -> Result<Plan, OvsEr
         }
     }
     flows.sort();
-    Ok(Plan {
-        flows,
-        flood: vec![active_name.clone()],
-        no_flood,
-    })
+    Ok(Plan { flows })
 }
 
 /// Parses `ovs-ofctl dump-flows --no-stats` output into canonical rules
@@ -200,7 +188,7 @@ impl OvsCli {
             .map(|t| parse_ports(&t))
     }
 
-    /// Replaces the group's rules in one bundle, then sets the flood flags.
+    /// Replaces the group's rules in one bundle.
     pub fn apply(&self, bridge: &str, group: u32, plan: &Plan) -> Result<(), OvsError> {
         let c = cookie(group);
         let mut bundle = format!("delete cookie={c:#x}/-1\n");
@@ -209,12 +197,6 @@ impl OvsCli {
             bundle += &format!("add cookie={c:#x},{m},{actions}\n");
         }
         self.ofctl(bridge, &["-O", "OpenFlow14", "--bundle", "add-flows", "BRIDGE", "-"], Some(&bundle))?;
-        for port in &plan.no_flood {
-            self.ofctl(bridge, &["mod-port", "BRIDGE", port, "no-flood"], None)?;
-        }
-        for port in &plan.flood {
-            self.ofctl(bridge, &["mod-port", "BRIDGE", port, "flood"], None)?;
-        }
         Ok(())
     }
 
@@ -225,14 +207,10 @@ impl OvsCli {
             .map(|t| parse_dump(&t))
     }
 
-    /// Removes the group's rules and restores flooding on its uplinks.
-    pub fn remove(&self, bridge: &str, group: u32, uplinks: &[String]) -> Result<(), OvsError> {
+    /// Removes the group's rules.
+    pub fn remove(&self, bridge: &str, group: u32) -> Result<(), OvsError> {
         let filter = format!("cookie={:#x}/-1", cookie(group));
-        self.ofctl(bridge, &["del-flows", "BRIDGE", &filter], None)?;
-        for port in uplinks {
-            self.ofctl(bridge, &["mod-port", "BRIDGE", port, "flood"], None)?;
-        }
-        Ok(())
+        self.ofctl(bridge, &["del-flows", "BRIDGE", &filter], None).map(drop)
     }
 }
 
@@ -267,28 +245,23 @@ mod tests {
                 "priority=200,dl_dst=02:fa:00:00:0a:01 actions=set_field:02:fa:00:00:0a:02->eth_dst,output:2",
                 "priority=200,dl_dst=02:fa:00:00:0a:02 actions=output:2",
                 "priority=250,in_port=2 actions=NORMAL",
-                "priority=300,in_port=1 actions=drop",
             ]
         );
-        assert_eq!(p.flood, vec!["up2"]);
-        assert_eq!(p.no_flood, vec!["up1"]);
     }
 
     #[test]
     fn without_a_known_gateway_mac_there_is_nothing_to_readdress() {
         let p = plan(&group(0, None), &ports()).unwrap();
-        assert_eq!(p.flows, vec!["priority=250,in_port=1 actions=NORMAL", "priority=300,in_port=2 actions=drop"]);
+        assert_eq!(p.flows, vec!["priority=250,in_port=1 actions=NORMAL"]);
     }
 
     #[test]
-    fn a_missing_active_port_is_an_error_and_a_missing_inactive_one_is_skipped() {
+    fn a_missing_active_port_is_an_error_and_a_missing_inactive_one_does_not_matter() {
         let mut only_up2 = ports();
         only_up2.remove("up1");
         let e = plan(&group(0, Some(GW1)), &only_up2).unwrap_err();
         assert_eq!(e.to_string(), "bridge br0: port up1 is not on the bridge");
-        let p = plan(&group(1, Some(GW2)), &only_up2).unwrap();
-        assert!(p.no_flood.is_empty());
-        assert!(!p.flows.iter().any(|f| f.contains("drop")));
+        assert!(plan(&group(1, Some(GW2)), &only_up2).is_ok());
     }
 
     #[test]
