@@ -1,7 +1,7 @@
 //! A minimal OpenFlow client, kept connected to each bridge's management
 //! socket only to know whether ovs-vswitchd is there: the connection ends
 //! the moment it exits, and a new one succeeds the moment it is back.
-//! It speaks just enough OpenFlow 1.3: HELLO, ECHO_REQUEST / ECHO_REPLY.
+//! It speaks just enough OpenFlow 1.3: `HELLO`, `ECHO_REQUEST` / `ECHO_REPLY`.
 
 use std::{path::PathBuf, time::Duration};
 
