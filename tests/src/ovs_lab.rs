@@ -11,7 +11,7 @@
 //! `<dir>` (OVS database, sockets, logs, pid files, the agent's config and
 //! state) and the pin directory `/sys/fs/bpf/<name>`. [`OvsLab::up`]
 //! refuses to clobber an existing lab; [`down`] removes all of it, also what
-//! a crashed run left. Addresses only from 192.0.2.0/24 and 2001:db8::/32,
+//! a crashed run left. Addresses only from 192.0.2.0/24 and `2001:db8::/32`,
 //! only inside the lab's namespaces.
 
 use std::{
@@ -215,13 +215,10 @@ impl OvsLab {
         if spec.dir.exists() {
             return Err(format!("{} exists: `down` removes the lab that left it", spec.dir.display()));
         }
-        match Self::build(spec.clone()) {
-            Ok(lab) => Ok(lab),
-            Err(e) => {
-                down(&spec);
-                Err(e)
-            }
-        }
+        let cleanup = spec.clone();
+        Self::build(spec).inspect_err(|_| {
+            down(&cleanup);
+        })
     }
 
     fn build(spec: LabSpec) -> Result<Self, String> {
