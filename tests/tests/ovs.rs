@@ -43,7 +43,7 @@ fn mac(m: [u8; 6]) -> String {
 
 /// The exact rules the agent must have on the bridge with `active` (1 or 2).
 fn expected_flows(lab: &OvsLab, active: u32) -> Vec<String> {
-    let (up1, up2) = (lab.ofport("up1").unwrap(), lab.ofport("up2").unwrap());
+    let (up1, up2) = (lab.ofport("up1").expect("up1 on the bridge"), lab.ofport("up2").expect("up2 on the bridge"));
     let (a, amac) = if active == 1 { (up1, GW1_MAC) } else { (up2, GW2_MAC) };
     let mut flows = vec![format!("priority=250,in_port={a} actions=NORMAL")];
     for m in [GW1_MAC, GW2_MAC] {
