@@ -13,7 +13,7 @@
 use std::{
     fs,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Once,
     time::{Duration, Instant},
@@ -62,12 +62,19 @@ impl Default for LabOptions {
 /// so the tests never run a stale one.
 pub fn agent_binary() -> PathBuf {
     static BUILD: Once = Once::new();
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    let exe = std::env::current_exe().expect("own binary path");
+    // Tests live in target/<profile>/deps, binaries in target/<profile>.
+    let parent = exe.parent().expect("target/<profile>/...");
+    let dir = if parent.ends_with("deps") { parent.parent().expect("target/<profile>") } else { parent };
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "failover-agent", "--bin", "failover-agent"]);
+        // The same selection as `cargo xtask demo|lab` and `./dev test`
+        // build, so that feature unification does not rebuild the agent
+        // back and forth between them.
+        cmd.args(["build", "--quiet", "-p", "failover-agent", "-p", "failover-tests", "--bins"]);
+        // End-to-end tests need the datapath in the binary.
+        cmd.env("FAILOVER_EBPF_REQUIRED", "1");
         if dir.ends_with("release") {
             cmd.arg("--release");
         }

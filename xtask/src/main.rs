@@ -2,8 +2,9 @@
 //!
 //! - `build-ebpf`: build the eBPF object on its own (Debian's rustc-web and
 //!   bpf-linker, as in ../shared/docs/toolchain.md) and say where it is.
-//! - `demo`: build everything and run the datapath tour in throwaway
-//!   network namespaces (needs root).
+//! - `demo`: build everything and run the demo: the OVS lab, the agent, the
+//!   faults of the method one by one, then teardown (needs root).
+//! - `lab up|down|status`: the OVS lab, kept up between commands.
 
 use std::{
     path::{Path, PathBuf},
@@ -27,8 +28,13 @@ struct Cli {
 enum Task {
     /// Build the eBPF object (target bpfel-unknown-none) on its own.
     BuildEbpf,
-    /// Build everything and show the datapath at work in throwaway namespaces.
+    /// Build everything and run the demo in the OVS lab (root).
     Demo,
+    /// The OVS lab: `up [--name N] [--vms N] [--shared-mac] [--no-agent]`, `down`, `status`.
+    Lab {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -58,16 +64,17 @@ fn build_ebpf() -> Result<PathBuf> {
     Ok(object)
 }
 
-fn demo() -> Result<()> {
+/// Builds the agent and the lab tools (release), then runs `bin` with `args`.
+fn run_lab_tool(bin: &str, args: &[String]) -> Result<()> {
     if effective_uid() != 0 {
-        bail!("the demo creates network namespaces and loads eBPF: run it as root");
+        bail!("{bin} creates network namespaces and loads eBPF: run it as root");
     }
     let root = workspace_root();
     run(Command::new(cargo())
         .current_dir(&root)
         .env("FAILOVER_EBPF_REQUIRED", "1")
         .args(["build", "--quiet", "--release", "-p", "failover-agent", "-p", "failover-tests", "--bins"]))?;
-    run(&mut Command::new(root.join("target/release/datapath-tour")))
+    run(Command::new(root.join("target/release").join(bin)).env("FAILOVER_EBPF_REQUIRED", "1").args(args))
 }
 
 fn effective_uid() -> u32 {
@@ -84,6 +91,7 @@ fn effective_uid() -> u32 {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf => build_ebpf().map(drop),
-        Task::Demo => demo(),
+        Task::Demo => run_lab_tool("failover-demo", &[]),
+        Task::Lab { args } => run_lab_tool("failover-lab", &args),
     }
 }

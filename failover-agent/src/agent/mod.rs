@@ -247,8 +247,8 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
     }
 
     /// When the OVS side next needs attention.
-    pub fn ovs_deadline(&self) -> Option<Instant> {
-        self.ovs.as_ref()?.next_deadline()
+    pub fn ovs_deadline(&self, now: Instant) -> Option<Instant> {
+        self.ovs.as_ref()?.next_deadline(now)
     }
 
     fn at_unix_ms(&self, t: Instant) -> u64 {
@@ -356,7 +356,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         // agent does not manage them).
         let flows_follow = match &self.ovs {
             None => false,
-            Some(ovs) => self.group_flows(g).is_some_and(|f| ovs.installed(g) == Some(&f)),
+            Some(ovs) => self.group_flows(g).is_some_and(|f| ovs.settled(g, &f, Instant::now())),
         };
         if !flows_follow {
             state.flags |= GROUP_REDIRECT_INACTIVE;
@@ -491,6 +491,10 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         }
         self.core.handle_timeout(now);
         self.ovs_alarms(now);
+        // Rules that have settled let the datapath stop redirecting.
+        for g in 0..self.config.groups.len() {
+            self.sync_group(g);
+        }
     }
 
     /// When [`Agent::on_timeout`] is next due.
@@ -831,7 +835,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                 let _ = tx.send(run_job(&cli, job));
             });
         }
-        let next = [agent.next_timeout(), agent.ovs_deadline()].into_iter().flatten().min();
+        let next = [agent.next_timeout(), agent.ovs_deadline(now)].into_iter().flatten().min();
         let due = next.map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1), tokio::time::Instant::from_std);
         tokio::select! {
             () = tokio::time::sleep_until(due) => agent.on_timeout(Instant::now()),

@@ -16,6 +16,11 @@ use crate::ovs::{GroupFlows, OvsCli, OvsError, plan};
 pub const UNREACHABLE_ALARM_AFTER: Duration = Duration::from_secs(1);
 /// How often the rules are checked against the bridge.
 pub const VERIFY_EVERY: Duration = Duration::from_secs(5);
+/// How long after new rules are in place the datapath keeps redirecting:
+/// the switch's datapath may still forward a few frames by flows cached
+/// before the change, until its revalidation catches up (a forced switch in
+/// the lab lost one datagram without this).
+pub const SETTLE_AFTER_INSTALL: Duration = Duration::from_secs(1);
 /// Retry after a failed install: first, and at most.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -66,6 +71,8 @@ pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
 struct GroupSync {
     desired: Option<GroupFlows>,
     installed: Option<GroupFlows>,
+    /// When `installed` was put in place (or last confirmed unchanged).
+    installed_at: Option<Instant>,
     in_flight: bool,
     retry_at: Option<Instant>,
     retry_delay: Duration,
@@ -175,6 +182,9 @@ impl OvsSync {
                 if *changed && done.verify_only {
                     warn!(bridge = %done.flows.bridge, "the agent's rules had changed on the bridge: put back");
                 }
+                if *changed || g.installed.as_ref() != Some(&done.flows) {
+                    g.installed_at = Some(now);
+                }
                 g.installed = Some(done.flows.clone());
                 g.last_error = None;
                 g.retry_at = None;
@@ -195,7 +205,12 @@ impl OvsSync {
     }
 
     /// When something is next due (a retry or a verification).
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let settling = self
+            .groups
+            .iter()
+            .filter_map(|g| g.installed_at.map(|t| t + SETTLE_AFTER_INSTALL))
+            .filter(|&t| t > now);
         let bridge_alarms = self
             .bridges
             .iter()
@@ -207,6 +222,7 @@ impl OvsSync {
             .flat_map(|g| [g.retry_at, g.next_verify])
             .flatten()
             .chain(bridge_alarms)
+            .chain(settling)
             .min()
     }
 
@@ -232,9 +248,12 @@ impl OvsSync {
         (reachable, in_sync, g.last_error.clone())
     }
 
-    /// The rules last installed for a group (None: not known to be in place).
-    pub fn installed(&self, group: usize) -> Option<&GroupFlows> {
-        self.groups.get(group)?.installed.as_ref()
+    /// Whether the group's rules are `flows`, in place for long enough that
+    /// the switch forwards by them (see [`SETTLE_AFTER_INSTALL`]).
+    pub fn settled(&self, group: usize, flows: &GroupFlows, now: Instant) -> bool {
+        self.groups.get(group).is_some_and(|g| {
+            g.installed.as_ref() == Some(flows) && g.installed_at.is_some_and(|t| t + SETTLE_AFTER_INSTALL <= now)
+        })
     }
 
     /// Bridges with the alarm raised.
