@@ -354,9 +354,9 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         // Redirect what the bridge still sends out of an inactive uplink
         // until its flows follow the current decision (always, when the
         // agent does not manage them).
-        let flows_follow = match &self.ovs {
-            None => false,
-            Some(ovs) => self.group_flows(g).is_some_and(|f| ovs.settled(g, &f, Instant::now())),
+        let flows_follow = match (&self.ovs, self.core.active(g)) {
+            (Some(ovs), Some(active)) => ovs.settled(g, active, Instant::now()),
+            _ => false,
         };
         if !flows_follow {
             state.flags |= GROUP_REDIRECT_INACTIVE;

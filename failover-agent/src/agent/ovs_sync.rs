@@ -71,8 +71,12 @@ pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
 struct GroupSync {
     desired: Option<GroupFlows>,
     installed: Option<GroupFlows>,
-    /// When `installed` was put in place (or last confirmed unchanged).
-    installed_at: Option<Instant>,
+    /// The active uplink the bridge's rules were last installed for. Kept
+    /// when ovs-vswitchd restarts (its rules gone, it floods; the datapath
+    /// need not redirect for that), changed only by a successful install.
+    rules_active: Option<usize>,
+    /// When `rules_active` last changed.
+    rules_changed_at: Option<Instant>,
     in_flight: bool,
     retry_at: Option<Instant>,
     retry_delay: Duration,
@@ -182,8 +186,9 @@ impl OvsSync {
                 if *changed && done.verify_only {
                     warn!(bridge = %done.flows.bridge, "the agent's rules had changed on the bridge: put back");
                 }
-                if *changed || g.installed.as_ref() != Some(&done.flows) {
-                    g.installed_at = Some(now);
+                if g.rules_active != Some(done.flows.active) {
+                    g.rules_active = Some(done.flows.active);
+                    g.rules_changed_at = Some(now);
                 }
                 g.installed = Some(done.flows.clone());
                 g.last_error = None;
@@ -209,7 +214,7 @@ impl OvsSync {
         let settling = self
             .groups
             .iter()
-            .filter_map(|g| g.installed_at.map(|t| t + SETTLE_AFTER_INSTALL))
+            .filter_map(|g| g.rules_changed_at.map(|t| t + SETTLE_AFTER_INSTALL))
             .filter(|&t| t > now);
         let bridge_alarms = self
             .bridges
@@ -248,11 +253,12 @@ impl OvsSync {
         (reachable, in_sync, g.last_error.clone())
     }
 
-    /// Whether the group's rules are `flows`, in place for long enough that
-    /// the switch forwards by them (see [`SETTLE_AFTER_INSTALL`]).
-    pub fn settled(&self, group: usize, flows: &GroupFlows, now: Instant) -> bool {
+    /// Whether the bridge's rules send VM traffic to uplink `active`, and
+    /// have for long enough that the switch forwards by them (see
+    /// [`SETTLE_AFTER_INSTALL`]): then the datapath need not redirect.
+    pub fn settled(&self, group: usize, active: usize, now: Instant) -> bool {
         self.groups.get(group).is_some_and(|g| {
-            g.installed.as_ref() == Some(flows) && g.installed_at.is_some_and(|t| t + SETTLE_AFTER_INSTALL <= now)
+            g.rules_active == Some(active) && g.rules_changed_at.is_some_and(|t| t + SETTLE_AFTER_INSTALL <= now)
         })
     }
 
@@ -322,6 +328,25 @@ mod tests {
         assert_eq!(s.alarms(back), vec![BridgeAlarm::Clear("br0".into())]);
         let job = s.next_job(back).expect("rules put back");
         assert!(!job.verify_only);
+    }
+
+    #[test]
+    fn redirecting_ends_a_settle_time_after_the_rules_follow_and_survives_a_switch_restart() {
+        let t0 = Instant::now();
+        let mut s = OvsSync::new(1, ["br0".to_string()], t0);
+        s.reachability("br0", true, t0);
+        s.desire(0, flows(0));
+        assert!(!s.settled(0, 0, t0));
+        let job = s.next_job(t0).unwrap();
+        s.done(&ok(&job), t0);
+        assert!(!s.settled(0, 0, t0 + Duration::from_millis(500)), "the switch may still use cached flows");
+        assert!(s.settled(0, 0, t0 + SETTLE_AFTER_INSTALL));
+        assert!(!s.settled(0, 1, t0 + SETTLE_AFTER_INSTALL), "rules for another uplink");
+        // ovs-vswitchd restarts: its rules are gone and it floods; no redirecting for that.
+        let later = t0 + Duration::from_secs(5);
+        s.reachability("br0", false, later);
+        s.reachability("br0", true, later);
+        assert!(s.settled(0, 0, later));
     }
 
     #[test]
