@@ -170,6 +170,15 @@ fn main() -> ExitCode {
                     return Err(ExitCode::FAILURE);
                 }
             }
+            if c.agent.ovs_flows {
+                let ovs = failover_agent::ovs::OvsCli::new(&c.agent.ovs_rundir);
+                for (g, group) in c.groups.iter().enumerate() {
+                    match ovs.remove(&group.bridge, g as u32) {
+                        Ok(()) => println!("removed the agent's rules of group {} from {}", group.name, group.bridge),
+                        Err(e) => eprintln!("warning: {e} (the rules go with the next ovs-vswitchd restart)"),
+                    }
+                }
+            }
             if let Err(e) = state::remove(&c.agent.state_dir) {
                 eprintln!("error: {e}");
                 return Err(ExitCode::FAILURE);

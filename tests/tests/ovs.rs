@@ -256,6 +256,48 @@ fn agent_sigkill_and_restart_under_traffic_lose_nothing() {
 }
 
 #[test]
+fn ovs_absent_at_start_raises_an_alarm_and_its_arrival_gets_the_rules() {
+    if !privileged("ovs_absent_at_start_raises_an_alarm_and_its_arrival_gets_the_rules") {
+        return;
+    }
+    let mut lab = lab();
+    lab.stop_vswitchd();
+    let _agent = lab.start_agent();
+    let s = lab.wait_for("OVS unreachable alarm", WAIT, |s| has_alarm(s, "ovs_unreachable", None));
+    assert!(!s.groups[0].ovs.as_ref().unwrap().reachable);
+    // The datapath works without OVS's rules: the uplinks are judged, one is active.
+    lab.wait_for("uplinks healthy", WAIT, |s| s.groups[0].uplinks.iter().all(|u| u.healthy));
+    lab.start_vswitchd().unwrap();
+    lab.wait_ready();
+    assert_flows(&lab, 1);
+    lab.wait_for("alarm cleared", WAIT, |s| !has_alarm(s, "ovs_unreachable", None));
+}
+
+#[test]
+fn uninstall_removes_the_datapath_the_rules_and_the_state() {
+    if !privileged("uninstall_removes_the_datapath_the_rules_and_the_state") {
+        return;
+    }
+    let mut lab = lab();
+    let agent = lab.start_agent();
+    lab.wait_ready();
+    assert_flows(&lab, 1);
+    assert!(agent.terminate().success());
+    assert!(!lab.agent_flows().is_empty(), "SIGTERM leaves everything in place");
+    let out = std::process::Command::new(agent_binary())
+        .args(["uninstall", "--config"])
+        .arg(lab.config_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lab.agent_flows().is_empty(), "rules removed");
+    assert!(!lab.spec.pin_dir().exists(), "pins removed");
+    assert!(!lab.spec.dir.join("state/state.json").exists(), "state removed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("detached") && stdout.contains("removed the agent's rules of group ext from br-ext"), "{stdout}");
+}
+
+#[test]
 fn gateways_sharing_a_mac_fail_over_too() {
     if !privileged("gateways_sharing_a_mac_fail_over_too") {
         return;

@@ -8,7 +8,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, ExitCode},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -64,8 +64,9 @@ fn build_ebpf() -> Result<PathBuf> {
     Ok(object)
 }
 
-/// Builds the agent and the lab tools (release), then runs `bin` with `args`.
-fn run_lab_tool(bin: &str, args: &[String]) -> Result<()> {
+/// Builds the agent and the lab tools (release), then runs `bin` with
+/// `args`; its exit status is ours (it says itself what went wrong).
+fn run_lab_tool(bin: &str, args: &[String]) -> Result<ExitCode> {
     if effective_uid() != 0 {
         bail!("{bin} creates network namespaces and loads eBPF: run it as root");
     }
@@ -74,7 +75,12 @@ fn run_lab_tool(bin: &str, args: &[String]) -> Result<()> {
         .current_dir(&root)
         .env("FAILOVER_EBPF_REQUIRED", "1")
         .args(["build", "--quiet", "--release", "-p", "failover-agent", "-p", "failover-tests", "--bins"]))?;
-    run(Command::new(root.join("target/release").join(bin)).env("FAILOVER_EBPF_REQUIRED", "1").args(args))
+    let status = Command::new(root.join("target/release").join(bin))
+        .env("FAILOVER_EBPF_REQUIRED", "1")
+        .args(args)
+        .status()
+        .with_context(|| format!("running {bin}"))?;
+    Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
 }
 
 fn effective_uid() -> u32 {
@@ -88,10 +94,14 @@ fn effective_uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().task {
-        Task::BuildEbpf => build_ebpf().map(drop),
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::BuildEbpf => build_ebpf().map(|_| ExitCode::SUCCESS),
         Task::Demo => run_lab_tool("failover-demo", &[]),
         Task::Lab { args } => run_lab_tool("failover-lab", &args),
-    }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
 }
