@@ -68,8 +68,19 @@ impl Response {
 /// The agent's state (`failover-agent status --json`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
     pub groups: Vec<GroupStatus>,
     pub alarms: Vec<AlarmStatus>,
+}
+
+/// The agent itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub version: String,
+    /// Where the metrics endpoint listens (`agent.metrics_listen`, resolved).
+    pub metrics_listen: Option<String>,
+    pub pid: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -399,6 +410,7 @@ mod tests {
     #[test]
     fn status_renders_as_a_table() {
         let status = Status {
+            agent: None,
             groups: vec![GroupStatus {
                 name: "ext".into(),
                 bridge: "br-ext".into(),

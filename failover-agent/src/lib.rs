@@ -16,6 +16,7 @@ pub mod control;
 pub mod datapath;
 pub mod failover;
 pub mod link;
+pub mod metrics;
 pub mod ovs;
 pub mod probe;
 pub mod state;

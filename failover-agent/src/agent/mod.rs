@@ -27,6 +27,7 @@ use crate::{
     datapath::{AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath},
     failover::{Action, Alarm, AlarmKind, Core, Gateway, Link, Part, SwitchDone, alarm_message},
     link::{self, LinkEvent, LinkState},
+    metrics::Metrics,
     ovs::{GroupFlows, OvsCli, openflow},
     probe::{PacketSockets, ProbeSpec, ProbeTransport, probe_frame},
     state::{self, PersistedAlarm, State},
@@ -47,6 +48,16 @@ struct UplinkRt {
     probes_sent: u64,
     probe_failing: bool,
     counters: Counters,
+    /// `CLOCK_MONOTONIC` time the last probe was sent (for the RTT).
+    last_probe_mono: Option<Duration>,
+}
+
+/// Now on `CLOCK_MONOTONIC`, the clock of the datapath's reply times.
+fn monotonic() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    Duration::new(ts.tv_sec.unsigned_abs(), ts.tv_nsec.unsigned_abs() as u32)
 }
 
 /// The agent: core plus the world it acts on.
@@ -66,6 +77,9 @@ pub struct Agent<D: Datapath, P: ProbeTransport> {
     /// The OVS side (None when `ovs_flows = false`).
     ovs: Option<OvsSync>,
     ovs_alarm_since: HashMap<String, u64>,
+    pub metrics: Metrics,
+    /// Where the metrics endpoint listens, once bound.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -162,7 +176,46 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             dirty: false,
             ovs,
             ovs_alarm_since: HashMap::new(),
+            metrics: {
+                let m = Metrics::new();
+                m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                m
+            },
+            metrics_addr: None,
         }
+    }
+
+    /// Sets the gauges from the current state.
+    pub fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        for (g, group) in self.config.groups.iter().enumerate() {
+            let active = self.core.active(g);
+            let mut flapping = false;
+            for (u, uplink) in group.uplinks.iter().enumerate() {
+                let labels = [group.name.as_str(), uplink.name.as_str()];
+                let view = self.core.uplink(g, u);
+                m.active_uplink.with_label_values(&labels).set(i64::from(active == Some(u)));
+                m.uplink_carrier_up.with_label_values(&labels).set(i64::from(view.is_some_and(|v| v.link == Link::Up)));
+                m.gateway_reachable.with_label_values(&labels).set(i64::from(view.is_some_and(|v| v.gateway == Gateway::Up)));
+                flapping |= view.is_some_and(|v| v.flapping);
+                for (part, kind) in [("nic", Part::Nic), ("gateway", Part::Gateway)] {
+                    let raised = self.core.alarms().any(|a| a.group == g && a.uplink == Some(u) && a.kind == AlarmKind::Replace(kind));
+                    m.alarm.with_label_values(&[group.name.as_str(), uplink.name.as_str(), part]).set(i64::from(raised));
+                }
+            }
+            let no_healthy = self.core.alarms().any(|a| a.group == g && a.kind == AlarmKind::NoHealthyUplink);
+            m.no_healthy_uplink.with_label_values(&[group.name.as_str()]).set(i64::from(no_healthy));
+            m.flapping.with_label_values(&[group.name.as_str()]).set(i64::from(flapping));
+        }
+        let mut all_reachable = true;
+        if let Some(ovs) = &self.ovs {
+            for group in &self.config.groups {
+                let reachable = ovs.bridge_reachable(&group.bridge);
+                all_reachable &= reachable;
+                m.ovs_bridge_reachable.with_label_values(&[group.bridge.as_str()]).set(i64::from(reachable));
+            }
+        }
+        m.ovs_reachable.set(i64::from(all_reachable));
     }
 
     /// What group `g`'s OpenFlow rules should say now (None: nothing decided).
@@ -482,6 +535,21 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 }
                 match self.dp.counters(self.rt[g][u].slot) {
                     Ok(c) => {
+                        let rt = &self.rt[g][u];
+                        let labels = [self.config.groups[g].name.as_str(), self.config.groups[g].uplinks[u].name.as_str()];
+                        // Kernel counters start over when programs are attached anew.
+                        let delta = |new: u64, old: u64| if new >= old { new - old } else { new };
+                        self.metrics.probe_replies.with_label_values(&labels).inc_by(delta(c.valid_replies, rt.counters.valid_replies));
+                        self.metrics
+                            .probe_replies_rejected
+                            .with_label_values(&labels)
+                            .inc_by(delta(c.rejected_replies, rt.counters.rejected_replies));
+                        if c.valid_replies != rt.counters.valid_replies
+                            && let (Some(reply), Some(sent)) = (c.last_reply, rt.last_probe_mono)
+                            && let Some(rtt) = reply.checked_sub(sent)
+                        {
+                            self.metrics.probe_rtt.with_label_values(&labels).observe(rtt.as_secs_f64());
+                        }
                         self.rt[g][u].counters = c;
                         self.core.handle_replies(g, u, c.valid_replies, c.gateway_mac);
                     }
@@ -521,6 +589,8 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     let to = g.uplinks[uplink].name.clone();
                     match result {
                         Ok(()) => {
+                            self.metrics.switchovers.with_label_values(&[g.name.as_str(), from, to.as_str(), reason.as_str()]).inc();
+                            self.metrics.switchover_duration.with_label_values(&[g.name.as_str()]).observe(took.as_secs_f64());
                             self.last_duration[group] = Some(took);
                             self.switch_durations.push_back(took);
                             while self.switch_durations.len() > DURATION_HISTORY {
@@ -596,9 +666,14 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             return;
         };
         let ifname = cfg.interface.clone();
+        let labels = [self.config.groups[g].name.clone(), cfg.name.clone()];
+        // Taken before sending: on a veth the reply can be counted before send() returns.
+        let sent_at = monotonic();
         match self.probes.send(&ifname, &frame) {
             Ok(()) => {
+                self.metrics.probes_sent.with_label_values(&labels).inc();
                 let rt = &mut self.rt[g][u];
+                rt.last_probe_mono = Some(sent_at);
                 rt.probes_sent += 1;
                 if rt.probe_failing {
                     rt.probe_failing = false;
@@ -720,7 +795,15 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             })
             .chain(ovs_alarms)
             .collect();
-        Status { groups, alarms }
+        Status {
+            agent: Some(control::AgentInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                metrics_listen: self.metrics_addr.map(|a| a.to_string()),
+                pid: std::process::id(),
+            }),
+            groups,
+            alarms,
+        }
     }
 
     /// Answers a control request.
@@ -822,10 +905,17 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         }
     }
     drop(reach_tx);
+    let listen = agent.config.agent.metrics_listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("metrics endpoint: binding {listen} (agent.metrics_listen)"))?;
+    agent.metrics_addr = listener.local_addr().ok();
+    tokio::spawn(crate::metrics::serve(listener, agent.metrics.clone()));
     let (tx, mut requests) = mpsc::channel::<Incoming>(16);
     let server = control::serve(&control_path, tx).context("starting the control socket")?;
     agent.event("agent", None, None, "started".into());
-    info!(control_socket = %control_path.display(), "running");
+    agent.refresh_metrics();
+    info!(control_socket = %control_path.display(), metrics = ?agent.metrics_addr, "running");
 
     loop {
         let now = Instant::now();
@@ -851,6 +941,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         }
         agent.apply_actions();
         agent.persist();
+        agent.refresh_metrics();
     }
     server.abort();
     let _ = std::fs::remove_file(&control_path);

@@ -146,6 +146,11 @@ impl OvsSync {
         }
     }
 
+    /// Whether the bridge answers now.
+    pub fn bridge_reachable(&self, bridge: &str) -> bool {
+        self.reachable(bridge)
+    }
+
     fn reachable(&self, bridge: &str) -> bool {
         self.bridges.get(bridge).is_some_and(Option::is_none)
     }
