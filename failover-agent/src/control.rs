@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
 };
 use tracing::{debug, warn};
 
@@ -35,9 +35,13 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Recent events; with `follow`, the connection stays open and every
+    /// new event follows as a JSON line.
     Events {
         #[serde(default)]
         limit: Option<usize>,
+        #[serde(default)]
+        follow: bool,
     },
 }
 
@@ -184,9 +188,17 @@ pub enum ControlError {
     Protocol { path: PathBuf, message: String },
 }
 
+/// How long a follower may take to read one event before it is dropped.
+pub const FOLLOW_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Binds the socket (replacing a stale one), mode 0600, and serves it:
-/// each request goes to `tx` and its answer back to the client.
-pub fn serve(path: &Path, tx: mpsc::Sender<Incoming>) -> Result<tokio::task::JoinHandle<()>, ControlError> {
+/// each request goes to `tx` and its answer back to the client; followers
+/// of `events` get what `events` broadcasts.
+pub fn serve(
+    path: &Path,
+    tx: mpsc::Sender<Incoming>,
+    events: broadcast::Sender<Event>,
+) -> Result<tokio::task::JoinHandle<()>, ControlError> {
     let setup = |what| {
         move |source| ControlError::Setup {
             path: path.to_path_buf(),
@@ -208,7 +220,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Incoming>) -> Result<tokio::task::Joi
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle(stream, tx.clone()));
+                    tokio::spawn(handle(stream, tx.clone(), events.clone()));
                 }
                 Err(e) => {
                     warn!(error = %e, "control socket: accept failed");
@@ -219,7 +231,7 @@ pub fn serve(path: &Path, tx: mpsc::Sender<Incoming>) -> Result<tokio::task::Joi
     }))
 }
 
-async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
+async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>, events: broadcast::Sender<Event>) {
     // Only root (or the agent's own user) may steer the agent.
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -230,6 +242,7 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64 + 1);
+    let mut follow = None;
     let response = match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
         Err(_) => Response::error(format!("no complete request within {} s", REQUEST_TIMEOUT.as_secs())),
         Ok(Err(e)) => Response::error(format!("reading the request: {e}")),
@@ -237,6 +250,10 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(line.trim_end()) {
             Err(e) => Response::error(format!("malformed request: {e}")),
             Ok(request) => {
+                if matches!(request, Request::Events { follow: true, .. }) {
+                    // Subscribed before the history is read: nothing falls between.
+                    follow = Some(events.subscribe());
+                }
                 let (reply, answer) = oneshot::channel();
                 if tx.send(Incoming { request, reply }).await.is_err() {
                     Response::error("the agent is stopping")
@@ -248,7 +265,74 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>) {
     };
     let mut body = serde_json::to_string(&response).unwrap_or_else(|_| "{\"ok\":false}".into());
     body.push('\n');
-    let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(body.as_bytes())).await;
+    if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(body.as_bytes())).await, Ok(Ok(()))) {
+        return;
+    }
+    let Some(mut rx) = follow.filter(|_| response.ok) else {
+        return;
+    };
+    let last_sent = response.events.as_ref().and_then(|e| e.last()).map(|e| (e.at_unix_ms, e.message.clone()));
+    let mut skipping = last_sent.is_some();
+    loop {
+        let event = match rx.recv().await {
+            Ok(e) => e,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        // Events already in the history answer are not sent twice.
+        if skipping {
+            if last_sent.as_ref().is_some_and(|(t, m)| (event.at_unix_ms, &event.message) <= (*t, m)) {
+                continue;
+            }
+            skipping = false;
+        }
+        let mut line = serde_json::to_string(&event).unwrap_or_default();
+        line.push('\n');
+        // A follower that stops reading is dropped; it holds up nobody.
+        if !matches!(tokio::time::timeout(FOLLOW_WRITE_TIMEOUT, write.write_all(line.as_bytes())).await, Ok(Ok(()))) {
+            return;
+        }
+    }
+}
+
+/// Sends an `events` request with `follow` and calls `each` with every
+/// event, the recent ones first, until the agent goes away.
+pub fn follow_events(path: &Path, limit: usize, mut each: impl FnMut(&Event)) -> Result<(), ControlError> {
+    use std::io::{BufRead as _, Write as _};
+    let client = |what| {
+        move |source| ControlError::Client {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(client("connecting"))?;
+    let mut line = serde_json::to_string(&Request::Events {
+        limit: Some(limit),
+        follow: true,
+    })
+    .unwrap_or_default();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(client("sending"))?;
+    let protocol = |message: String| ControlError::Protocol {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut lines = std::io::BufReader::new(stream).lines();
+    let first = lines.next().ok_or_else(|| protocol("no answer".into()))?.map_err(client("reading"))?;
+    let response: Response = serde_json::from_str(&first).map_err(|e| protocol(e.to_string()))?;
+    if !response.ok {
+        return Err(protocol(response.error.unwrap_or_default()));
+    }
+    for e in response.events.unwrap_or_default() {
+        each(&e);
+    }
+    for l in lines {
+        let l = l.map_err(client("reading"))?;
+        let e: Event = serde_json::from_str(&l).map_err(|e| protocol(e.to_string()))?;
+        each(&e);
+    }
+    Ok(())
 }
 
 

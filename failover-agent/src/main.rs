@@ -66,6 +66,9 @@ enum Command {
         /// How many of the most recent events.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Keep the connection and print each new event as it happens.
+        #[arg(long, short)]
+        follow: bool,
         #[arg(long)]
         json: bool,
     },
@@ -149,15 +152,34 @@ fn main() -> ExitCode {
         } => ask(&config, &Request::Switch { group, uplink, force }).map(|r| {
             println!("{}", r.message.unwrap_or_default());
         }),
-        Command::Events { config, limit, json } => ask(&config, &Request::Events { limit: Some(limit) }).map(|r| {
-            for e in r.events.unwrap_or_default() {
+        Command::Events {
+            config,
+            limit,
+            follow,
+            json,
+        } => {
+            let print = |e: &control::Event| {
                 if json {
-                    println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                    println!("{}", serde_json::to_string(e).unwrap_or_default());
                 } else {
                     println!("{}  {:<14} {}", control::format_unix_ms(e.at_unix_ms), e.kind, e.message);
                 }
+            };
+            if follow {
+                load(&config).and_then(|c| {
+                    control::follow_events(&c.agent.control_socket, limit, print).map_err(|e| {
+                        eprintln!("error: {}", chain(&anyhow::Error::from(e)));
+                        ExitCode::FAILURE
+                    })
+                })
+            } else {
+                ask(&config, &Request::Events { limit: Some(limit), follow: false }).map(|r| {
+                    for e in r.events.unwrap_or_default() {
+                        print(&e);
+                    }
+                })
             }
-        }),
+        }
         Command::Uninstall { config } => load(&config).and_then(|c| {
             match EbpfDatapath::uninstall(&c.agent.bpf_pin_dir) {
                 Ok(removed) => {

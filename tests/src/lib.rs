@@ -12,6 +12,7 @@ pub mod lab;
 pub mod net;
 pub mod ovs_lab;
 pub mod packet;
+pub mod prom;
 pub mod udp;
 
 use std::sync::atomic::{AtomicU32, Ordering};

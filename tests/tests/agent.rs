@@ -284,3 +284,45 @@ fn bad_configs_exit_2_and_attach_nothing() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 group(s), 2 uplink(s))"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn events_follow_streams_what_happens() {
+    use std::io::BufRead as _;
+    if !privileged("events_follow_streams_what_happens") {
+        return;
+    }
+    let mut lab = AgentLab::new(LabOptions::default());
+    let _agent = lab.start_agent();
+    lab.wait_healthy();
+    let mut follower = Command::new(agent_binary())
+        .args(["events", "--follow", "--limit", "100", "--config"])
+        .arg(lab.config_path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The history first: the startup switchover is in it.
+    let first: Vec<String> = rx.recv_timeout(Duration::from_secs(5)).into_iter().collect();
+    assert!(!first.is_empty(), "history printed");
+    lab.set_link(1, false);
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !seen.iter().any(|l: &String| l.contains("alarm_raised") && l.contains("replace NIC of uplink primary")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no alarm event streamed ({e}); got {seen:?}"),
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("switchover") && l.contains("primary -> standby (nic_fault)")), "{seen:?}");
+    let _ = follower.kill();
+    let _ = follower.wait();
+}

@@ -6,10 +6,8 @@
 #![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
+    io::Write as _,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -17,89 +15,12 @@ use failover_tests::{
     Netns,
     agent_lab::{AgentLab, LabOptions},
     privileged,
+    prom::{self, alerts, http_get},
 };
 
 const SCRAPE: Duration = Duration::from_secs(1);
 /// The shipped rule's `for` of `FailoverReplaceNIC`.
 const NIC_FOR: Duration = Duration::from_secs(10);
-
-/// GET `path` from `addr`, inside `ns`; the body.
-fn http_get(ns: &Netns, addr: &str, path: &str) -> Option<(u16, String)> {
-    let (addr, path) = (addr.to_string(), path.to_string());
-    ns.run(move || {
-        let mut s = TcpStream::connect(&addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let code = text.split_whitespace().nth(1)?.parse().ok()?;
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-        Some((code, body))
-    })
-}
-
-struct Prometheus {
-    child: Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- prometheus log ---\n{}", std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default());
-        }
-    }
-}
-
-/// Starts Prometheus inside `ns` on 127.0.0.1:9090, scraping `target`
-/// every second with the shipped alert rules.
-fn prometheus(ns: &Netns, dir: &Path, target: &str) -> Prometheus {
-    let rules = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus/alerts.yml"))
-        .canonicalize()
-        .unwrap();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: failover-agent\n    static_configs:\n      - targets: ['{target}']\n",
-        rules.display()
-    );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "prometheus"])
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .args(["--web.listen-address=127.0.0.1:9090", "--log.level=warn"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("starting prometheus (Debian package prometheus)");
-    Prometheus {
-        child,
-        dir: dir.to_path_buf(),
-    }
-}
-
-/// The alerts Prometheus reports: (name, state, labels).
-fn alerts(ns: &Netns) -> Vec<(String, String, serde_json::Value)> {
-    let Some((200, body)) = http_get(ns, "127.0.0.1:9090", "/api/v1/alerts") else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    v["data"]["alerts"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| {
-                    (
-                        x["labels"]["alertname"].as_str().unwrap_or_default().to_string(),
-                        x["state"].as_str().unwrap_or_default().to_string(),
-                        x["labels"].clone(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn nic_alert_firing(ns: &Netns) -> Option<serde_json::Value> {
     alerts(ns)
@@ -113,7 +34,7 @@ fn a_nic_fault_fires_its_alert_in_prometheus_and_recovery_resolves_it() {
     if !privileged("a_nic_fault_fires_its_alert_in_prometheus_and_recovery_resolves_it") {
         return;
     }
-    if Command::new("prometheus").arg("--version").output().is_err() {
+    if !prom::installed() {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "prometheus is not installed (./dev installs it)");
         eprintln!("SKIPPED: prometheus is not installed (./dev setup installs it)");
         return;
@@ -155,16 +76,8 @@ fn a_nic_fault_fires_its_alert_in_prometheus_and_recovery_resolves_it() {
     // A real Prometheus with the shipped rules.
     let dir = lab.dir.join("prometheus");
     std::fs::create_dir_all(&dir).unwrap();
-    let _prom = prometheus(&lab.host, &dir, &target);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let up = http_get(&lab.host, "127.0.0.1:9090", "/api/v1/query?query=up%7Bjob%3D%22failover-agent%22%7D");
-        if up.is_some_and(|(c, b)| c == 200 && b.contains("\"value\":[") && b.contains(",\"1\"]")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "Prometheus did not scrape the agent");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let _prom = prom::start(&lab.host, &dir, &target);
+    assert!(prom::wait_scraping(&lab.host, Duration::from_secs(30)), "Prometheus did not scrape the agent");
     assert!(nic_alert_firing(&lab.host).is_none());
 
     let fault = Instant::now();

@@ -28,8 +28,11 @@ struct Cli {
 enum Task {
     /// Build the eBPF object (target bpfel-unknown-none) on its own.
     BuildEbpf,
-    /// Build everything and run the demo in the OVS lab (root).
-    Demo,
+    /// Build everything and run the demo in the OVS lab (root); `--with-prometheus` adds a real Prometheus.
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The OVS lab: `up [--name N] [--vms N] [--shared-mac] [--no-agent]`, `down`, `status`.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -97,7 +100,7 @@ fn effective_uid() -> u32 {
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::BuildEbpf => build_ebpf().map(|_| ExitCode::SUCCESS),
-        Task::Demo => run_lab_tool("failover-demo", &[]),
+        Task::Demo { args } => run_lab_tool("failover-demo", &args),
         Task::Lab { args } => run_lab_tool("failover-lab", &args),
     };
     result.unwrap_or_else(|e| {

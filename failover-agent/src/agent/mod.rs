@@ -78,6 +78,8 @@ pub struct Agent<D: Datapath, P: ProbeTransport> {
     ovs: Option<OvsSync>,
     ovs_alarm_since: HashMap<String, u64>,
     pub metrics: Metrics,
+    /// New events, for `events --follow`.
+    pub events_tx: tokio::sync::broadcast::Sender<Event>,
     /// Where the metrics endpoint listens, once bound.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -182,6 +184,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 m
             },
             metrics_addr: None,
+            events_tx: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -320,13 +323,15 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
 
     fn event(&mut self, kind: &str, group: Option<usize>, uplink: Option<usize>, message: String) {
         let group_cfg = group.map(|g| &self.config.groups[g]);
-        self.events.push_back(Event {
+        let event = Event {
             at_unix_ms: unix_ms(SystemTime::now()),
             kind: kind.to_string(),
             group: group_cfg.map(|g| g.name.clone()),
             uplink: uplink.and_then(|u| group_cfg.map(|g| g.uplinks[u].name.clone())),
             message,
-        });
+        };
+        let _ = self.events_tx.send(event.clone());
+        self.events.push_back(event);
         while self.events.len() > EVENT_HISTORY {
             self.events.pop_front();
         }
@@ -814,7 +819,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 status: Some(self.status()),
                 ..Response::default()
             },
-            Request::Events { limit } => {
+            Request::Events { limit, .. } => {
                 let limit = limit.unwrap_or(100).min(EVENT_HISTORY);
                 let skip = self.events.len().saturating_sub(limit);
                 Response {
@@ -912,7 +917,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     agent.metrics_addr = listener.local_addr().ok();
     tokio::spawn(crate::metrics::serve(listener, agent.metrics.clone()));
     let (tx, mut requests) = mpsc::channel::<Incoming>(16);
-    let server = control::serve(&control_path, tx).context("starting the control socket")?;
+    let server = control::serve(&control_path, tx, agent.events_tx.clone()).context("starting the control socket")?;
     agent.event("agent", None, None, "started".into());
     agent.refresh_metrics();
     info!(control_socket = %control_path.display(), metrics = ?agent.metrics_addr, "running");

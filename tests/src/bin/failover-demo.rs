@@ -3,7 +3,9 @@
 //! lab up, runs sequence-numbered traffic from a VM to the gateway, injects
 //! the faults of the method one by one and prints, for each, the detection
 //! time, the packets lost, the alarm and where traffic flows; then tears
-//! everything down.
+//! everything down. With `--with-prometheus`, a real Prometheus scrapes the
+//! agent with the shipped alert rules, and each step shows the alerts it
+//! fires or resolves.
 
 use std::{
     process::ExitCode,
@@ -14,6 +16,7 @@ use failover_agent::control::Status;
 use failover_tests::{
     agent_lab::agent_binary,
     ovs_lab::{LabSpec, LabTraffic, OvsLab},
+    prom,
     udp::Report,
 };
 
@@ -68,24 +71,96 @@ fn report(started: Instant, title: &str, detection: Option<u64>, r: &Report, bef
     println!("           traffic flows through: {}", active(after));
 }
 
-fn run(lab: &mut OvsLab) -> Result<(), String> {
+/// The alerts the shipped rules should fire for the agent's alarms.
+fn expected_alerts(s: &Status) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = s
+        .alarms
+        .iter()
+        .map(|a| {
+            let name = match a.kind.as_str() {
+                "nic" => "FailoverReplaceNIC",
+                "gateway" => "FailoverReplaceGateway",
+                "no_healthy_uplink" => "FailoverNoHealthyUplink",
+                "flapping" => "FailoverFlapping",
+                _ => "FailoverOVSUnreachable",
+            };
+            (name.to_string(), a.uplink.clone().unwrap_or_else(|| "-".into()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits (at most 20 s) until Prometheus fires exactly the alerts the
+/// agent's alarms call for, and says so.
+fn show_prometheus(lab: &OvsLab, since: Instant) {
+    let want = expected_alerts(&lab.status());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut firing = prom::firing(&lab.host);
+        firing.sort();
+        if firing == want {
+            let what = if want.is_empty() {
+                "no alert firing".to_string()
+            } else {
+                want.iter().map(|(n, u)| format!("{n}{{uplink={u}}} firing")).collect::<Vec<_>>().join(", ")
+            };
+            println!("           Prometheus: {what} ({:.1} s after the change)", since.elapsed().as_secs_f64());
+            return;
+        }
+        if Instant::now() > deadline {
+            println!("           Prometheus: expected {want:?}, firing {firing:?}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A real Prometheus in the lab, scraping the agent with the shipped rules.
+fn start_prometheus(lab: &OvsLab, ready: &Status) -> Result<prom::Prometheus, String> {
+    if !prom::installed() {
+        return Err("--with-prometheus: prometheus is not installed (./dev setup installs it)".into());
+    }
+    let target = ready.agent.as_ref().and_then(|a| a.metrics_listen.clone()).ok_or("no metrics address")?;
+    let dir = lab.spec.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let p = prom::start(&lab.host, &dir, &target);
+    if !prom::wait_scraping(&lab.host, Duration::from_secs(30)) {
+        return Err("Prometheus did not scrape the agent".into());
+    }
+    println!(
+        "Prometheus scrapes the agent every second with deploy/prometheus/alerts.yml (http://{} in {})",
+        prom::ADDR,
+        lab.host.name()
+    );
+    Ok(p)
+}
+
+fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
     let started = Instant::now();
     println!("{}", bold("failover-agent demo: the method of ../shared/docs/mission.md, on one machine"));
     println!("lab: {}", lab.describe());
     let _agent = lab.start_agent();
     let ready = lab.wait_ready();
+    let prometheus_step = |lab: &OvsLab, since: Instant| {
+        if with_prometheus {
+            show_prometheus(lab, since);
+        }
+    };
     println!(
         "[{:6.2} s] agent up: both gateways answer its probes; traffic flows through {}; alarms: {}",
         started.elapsed().as_secs_f64(),
         active(&ready),
         alarms(&ready)
     );
+    let _prometheus = if with_prometheus { Some(start_prometheus(lab, &ready)?) } else { None };
 
-    let step = |lab: &OvsLab, n: u32, fault: &dyn Fn(&OvsLab), until: &dyn Fn(&Status) -> bool| -> Result<(Report, Status, Status, Option<u64>), String> {
+    let step = |lab: &OvsLab, n: u32, fault: &dyn Fn(&OvsLab), until: &dyn Fn(&Status) -> bool| -> Result<(Report, Status, Status, Option<u64>, Instant), String> {
         let before = lab.status();
         let traffic: LabTraffic = lab.gateway_traffic(n, RATE);
         std::thread::sleep(Duration::from_millis(500));
         let fault_ms = now_ms();
+        let fault_at = Instant::now();
         fault(lab);
         let deadline = Instant::now() + WAIT;
         loop {
@@ -105,32 +180,36 @@ fn run(lab: &mut OvsLab) -> Result<(), String> {
             (b, Some(a)) if b.as_ref().map(|b| b.at_unix_ms) != Some(a.at_unix_ms) => Some(a.at_unix_ms.saturating_sub(fault_ms)),
             _ => None,
         };
-        Ok((r, before, after, detection))
+        Ok((r, before, after, detection, fault_at))
     };
 
     // 1. The primary NIC fails.
-    let (traffic, before, after, detection) = step(lab, 1, &|l| l.set_link(1, false), &|s| {
+    let (traffic, before, after, detection, at) = step(lab, 1, &|l| l.set_link(1, false), &|s| {
         s.groups[0].active.as_deref() == Some("standby") && s.alarms.iter().any(|a| a.kind == "nic")
     })?;
     report(started, "1. primary NIC fault (link down): traffic moves to the standby", detection, &traffic, &before, &after);
+    prometheus_step(lab, at);
 
     // 2. The NIC is back: the alarm clears, it is the new standby.
-    let (traffic, before, after, detection) = step(lab, 2, &|l| l.set_link(1, true), &|s| {
+    let (traffic, before, after, detection, at) = step(lab, 2, &|l| l.set_link(1, true), &|s| {
         s.alarms.is_empty() && s.groups[0].uplinks[0].healthy
     })?;
     report(started, "2. primary NIC repaired: alarm cleared; it now serves as the standby", detection, &traffic, &before, &after);
+    prometheus_step(lab, at);
 
     // 3. The active gateway goes silent with its link up.
-    let (traffic, before, after, detection) = step(lab, 3, &|l| l.silence_gateway(2), &|s| {
+    let (traffic, before, after, detection, at) = step(lab, 3, &|l| l.silence_gateway(2), &|s| {
         s.groups[0].active.as_deref() == Some("primary") && s.alarms.iter().any(|a| a.kind == "gateway")
     })?;
     report(started, "3. active gateway silent (link up, no ARP replies): traffic moves back", detection, &traffic, &before, &after);
+    prometheus_step(lab, at);
 
     // 4. It recovers; an operator moves traffic back with the CLI.
-    let (traffic, before, after, detection) = step(lab, 4, &|l| l.revive_gateway(2), &|s| s.alarms.is_empty() && s.groups[0].uplinks[1].healthy)?;
+    let (traffic, before, after, detection, at) = step(lab, 4, &|l| l.revive_gateway(2), &|s| s.alarms.is_empty() && s.groups[0].uplinks[1].healthy)?;
     report(started, "4a. gateway 2 recovered: alarm cleared", detection, &traffic, &before, &after);
+    prometheus_step(lab, at);
     let config = lab.config_path();
-    let (traffic, before, after, _) = step(lab, 5, &|_| {
+    let (traffic, before, after, _, at) = step(lab, 5, &|_| {
         let out = std::process::Command::new(agent_binary())
             .args(["switch", "ext", "standby", "--config"])
             .arg(&config)
@@ -140,6 +219,7 @@ fn run(lab: &mut OvsLab) -> Result<(), String> {
         }
     }, &|s| s.groups[0].active.as_deref() == Some("standby"))?;
     report(started, "4b. forced switchover with the CLI", None, &traffic, &before, &after);
+    prometheus_step(lab, at);
     if traffic.lost != 0 {
         return Err(format!("the forced switchover lost {} packets", traffic.lost));
     }
@@ -180,7 +260,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = run(&mut lab);
+    let with_prometheus = std::env::args().any(|a| a == "--with-prometheus");
+    if let Some(bad) = std::env::args().skip(1).find(|a| a != "--with-prometheus") {
+        eprintln!("error: unknown argument {bad:?}; usage: failover-demo [--with-prometheus]");
+        return ExitCode::from(2);
+    }
+    let result = run(&mut lab, with_prometheus);
     let name = lab.spec.name.clone();
     drop(lab);
     let left: Vec<String> = std::fs::read_dir("/run/netns")
