@@ -3,7 +3,6 @@
 //! fires the matching alert within the rule's `for` plus two scrape
 //! intervals, and it resolves after recovery. The scraped text passes
 //! `promtool check metrics`.
-#![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 use std::{
     io::Write as _,
