@@ -47,6 +47,20 @@ pub struct LabSpec {
     /// Both gateways use one MAC (as some redundant gateway pairs do).
     pub shared_mac: bool,
     pub probe_interval_ms: u64,
+    /// Put the uplinks in an OVS active-backup bond (the baseline the
+    /// benchmark compares with) instead of two ports for the agent.
+    pub bond: Option<BondDetect>,
+    /// The agent's `xdp_mode` ("skb" or "native"), if not the default.
+    pub xdp_mode: Option<&'static str>,
+}
+
+/// How an OVS active-backup bond notices a dead uplink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BondDetect {
+    /// `bond-detect-mode=carrier`.
+    Carrier,
+    /// `bond-detect-mode=miimon`, `bond-miimon-interval=100`.
+    Miimon100,
 }
 
 impl LabSpec {
@@ -58,6 +72,8 @@ impl LabSpec {
             vms: 2,
             shared_mac: false,
             probe_interval_ms: 20,
+            bond: None,
+            xdp_mode: None,
         }
     }
 
@@ -262,8 +278,30 @@ impl OvsLab {
             .into_iter()
             .chain((1..=lab.vms.len()).map(|i| format!("vm{i}p")))
             .collect();
+        let detect = match lab.spec.bond {
+            Some(BondDetect::Carrier) => "other_config:bond-detect-mode=carrier",
+            Some(BondDetect::Miimon100) => "other_config:bond-detect-mode=miimon",
+            None => "",
+        };
         for p in &ports {
+            if lab.spec.bond.is_some() && (p == "up1" || p == "up2") {
+                continue;
+            }
             add.extend(["--", "add-port", BRIDGE, p.as_str()]);
+        }
+        if lab.spec.bond.is_some() {
+            add.extend([
+                "--",
+                "add-bond",
+                BRIDGE,
+                "bond0",
+                "up1",
+                "up2",
+                "bond_mode=active-backup",
+                detect,
+                "other_config:bond-miimon-interval=100",
+                "other_config:bond-primary=up1",
+            ]);
         }
         lab.vsctl(&add)?;
         lab.wait_ports(&ports)?;
@@ -377,7 +415,7 @@ impl OvsLab {
         let d = &self.spec.dir;
         let text = format!(
             "[agent]\nstate_dir = \"{state}\"\nbpf_pin_dir = \"{pins}\"\ncontrol_socket = \"{sock}\"\n\
-             metrics_listen = \"127.0.0.1:0\"\novs_rundir = \"{d}\"\n\n\
+             metrics_listen = \"127.0.0.1:0\"\novs_rundir = \"{d}\"\n{xdp}\n\
              [[group]]\nname = \"ext\"\nbridge = \"{BRIDGE}\"\nprobe_interval_ms = {pi}\ndown_after = 3\nup_after = 3\n\n\
              [[group.uplink]]\nname = \"primary\"\ninterface = \"up1\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\n\
              [[group.uplink]]\nname = \"standby\"\ninterface = \"up2\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n",
@@ -386,6 +424,7 @@ impl OvsLab {
             sock = self.socket_path().display(),
             d = d.display(),
             pi = self.spec.probe_interval_ms,
+            xdp = self.spec.xdp_mode.map(|m| format!("xdp_mode = \"{m}\"\n")).unwrap_or_default(),
         );
         fs::write(self.config_path(), text).expect("writing the agent's config");
     }

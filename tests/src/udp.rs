@@ -44,11 +44,16 @@ fn payload(stream: u32, seq: u64) -> [u8; 16] {
 
 /// Receives datagrams of `stream` on port [`PORT`] inside `ns`, tagging them `receiver`.
 pub fn sink(ns: &Netns, stream: u32, receiver: usize) -> Sink {
+    sink_on(ns, PORT, stream, receiver)
+}
+
+/// Receives datagrams of `stream` on `port` inside `ns`, tagging them `receiver`.
+pub fn sink_on(ns: &Netns, port: u16, stream: u32, receiver: usize) -> Sink {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = ns.spawn(move || {
-        let sock = UdpSocket::bind(("0.0.0.0", PORT)).expect("bind the receiver");
+        let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind the receiver");
         sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
         let one: libc::c_int = 1;
         // SAFETY: valid option value of the size passed.
@@ -89,6 +94,7 @@ pub fn sink(ns: &Netns, stream: u32, receiver: usize) -> Sink {
 
 impl Sink {
     /// Stops receiving and returns what arrived.
+    #[must_use]
     pub fn stop(self) -> Vec<Arrival> {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("receiver thread")
@@ -233,6 +239,66 @@ impl std::fmt::Display for Report {
             &self.loss_runs[..self.loss_runs.len().min(5)]
         )
     }
+}
+
+/// A UDP echo responder running until [`Echo::stop`].
+pub struct Echo {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+/// Echoes every datagram received on `port` inside `ns` back to its sender.
+pub fn echo(ns: &Netns, port: u16) -> Echo {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = ns.spawn(move || {
+        let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind the echo responder");
+        sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        ready_tx.send(()).expect("ready");
+        let mut buf = [0u8; 2048];
+        while !flag.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).expect("echo started");
+    Echo { stop, handle }
+}
+
+impl Echo {
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}
+
+/// Sends `count` numbered datagrams to an [`echo`] responder, one every
+/// `interval`, from inside `ns`; the round trips that came back, in µs.
+pub fn ping(ns: &Netns, to: SocketAddr, count: u64, interval: Duration) -> Vec<f64> {
+    ns.run(move || {
+        let sock = UdpSocket::bind(("0.0.0.0", 0)).expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+        let mut out = Vec::new();
+        let mut buf = [0u8; 64];
+        for seq in 0..count {
+            let sent = Instant::now();
+            if sock.send_to(&seq.to_be_bytes(), to).is_err() {
+                continue;
+            }
+            while let Ok((n, _)) = sock.recv_from(&mut buf) {
+                if n == 8 && buf[..8] == seq.to_be_bytes() {
+                    out.push(sent.elapsed().as_secs_f64() * 1e6);
+                    break;
+                }
+            }
+            if let Some(rest) = interval.checked_sub(sent.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+        out
+    })
 }
 
 #[cfg(test)]

@@ -33,6 +33,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The failover benchmark against OVS's active-backup bond (root): `[--rate N] [--reps N] [--quick]`.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The OVS lab: `up [--name N] [--vms N] [--shared-mac] [--no-agent]`, `down`, `status`.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
         Task::BuildEbpf => build_ebpf().map(|_| ExitCode::SUCCESS),
         Task::Demo { args } => run_lab_tool("failover-demo", &args),
         Task::Lab { args } => run_lab_tool("failover-lab", &args),
+        Task::Bench { args } => run_lab_tool("failover-bench", &args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
