@@ -13,7 +13,7 @@
 use std::{
     fs,
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Once,
     time::{Duration, Instant},
@@ -82,6 +82,52 @@ pub fn agent_binary() -> PathBuf {
         assert!(status.success(), "building failover-agent failed");
     });
     dir.join("failover-agent")
+}
+
+/// Starts the agent in `host` (with `nsenter --net`, so its pins stay on the
+/// machine's bpffs), its log in `log`, and waits until it answers on `socket`.
+pub fn spawn_agent(host: &Netns, config: &Path, socket: &Path, log: PathBuf) -> AgentProcess {
+    let child = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", host.name()))
+        .arg(agent_binary())
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("agent log"))
+        .spawn()
+        .expect("starting failover-agent");
+    let agent = AgentProcess { child, log };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while control::request(socket, &Request::Status).is_err() {
+        assert!(Instant::now() < deadline, "the agent did not open its control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    agent
+}
+
+/// Asks the agent listening on `socket`.
+pub fn ask(socket: &Path, request: &Request) -> Response {
+    control::request(socket, request).expect("the agent answers")
+}
+
+/// The status of the agent listening on `socket`.
+pub fn status(socket: &Path) -> Status {
+    ask(socket, &Request::Status).status.expect("a status")
+}
+
+/// Waits until `pred` holds for the agent's status; panics with the last
+/// status after `timeout`.
+pub fn wait_for(socket: &Path, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(socket);
+        if pred(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The running agent; killed (SIGKILL) when dropped.
@@ -226,46 +272,22 @@ impl AgentLab {
         self.write_config();
         self.starts += 1;
         let log = self.dir.join(format!("agent-{}.log", self.starts));
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.host.name()))
-            .arg(agent_binary())
-            .args(["run", "--config"])
-            .arg(self.config_path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("agent log"))
-            .spawn()
-            .expect("starting failover-agent");
-        let agent = AgentProcess { child, log };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while control::request(&self.socket_path(), &Request::Status).is_err() {
-            assert!(Instant::now() < deadline, "the agent did not open its control socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        agent
+        spawn_agent(&self.host, &self.config_path(), &self.socket_path(), log)
     }
 
     /// Asks the running agent.
     pub fn ask(&self, request: &Request) -> Response {
-        control::request(&self.socket_path(), request).expect("the agent answers")
+        ask(&self.socket_path(), request)
     }
 
     pub fn status(&self) -> Status {
-        self.ask(&Request::Status).status.expect("a status")
+        status(&self.socket_path())
     }
 
     /// Waits until `pred` holds for the agent's status; panics with the last
     /// status after `timeout`.
     pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.status();
-            if pred(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for(&self.socket_path(), what, timeout, pred)
     }
 
     /// Waits until both gateways are proven healthy and the primary is active.

@@ -226,6 +226,25 @@ pub fn timespec_to_duration(ts: &libc::timespec) -> Duration {
     Duration::new(ts.tv_sec.unsigned_abs(), ts.tv_nsec.unsigned_abs() as u32)
 }
 
+/// The `SO_TIMESTAMPNS` receive time in a message `recvmsg` filled
+/// (zero if there is none).
+pub fn receive_timestamp(msg: &libc::msghdr) -> Duration {
+    let mut at = Duration::ZERO;
+    // SAFETY: walking the control messages the kernel wrote into `msg`,
+    // whose control buffer is still alive (it is borrowed with `msg`).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                at = timespec_to_duration(&ts);
+            }
+            c = libc::CMSG_NXTHDR(msg, c);
+        }
+    }
+    at
+}
+
 /// Now, on `CLOCK_MONOTONIC` (the clock of `bpf_ktime_get_ns`).
 pub fn monotonic_now() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -361,18 +380,7 @@ impl PacketSocket {
             return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
         }
         buf.truncate(n.unsigned_abs());
-        let mut at = Duration::ZERO;
-        // SAFETY: walking the control messages the kernel wrote into `msg`.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-            while !c.is_null() {
-                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    at = timespec_to_duration(&ts);
-                }
-                c = libc::CMSG_NXTHDR(&raw const msg, c);
-            }
-        }
+        let at = receive_timestamp(&msg);
         Ok(Some(Received {
             frame: buf,
             at,

@@ -22,11 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_agent::control::{self, Request, Response, Status};
+use failover_agent::control::{Request, Response, Status};
 
 use crate::{
     Netns,
-    agent_lab::{AgentProcess, agent_binary},
+    agent_lab::{self, AgentProcess},
     udp::{self, PORT, Report, Sink, Source},
 };
 
@@ -435,45 +435,22 @@ impl OvsLab {
         self.write_config();
         self.starts += 1;
         let log = self.spec.dir.join(format!("agent-{}.log", self.starts));
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.host.name()))
-            .arg(agent_binary())
-            .args(["run", "--config"])
-            .arg(self.config_path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).expect("agent log"))
-            .spawn()
-            .expect("starting failover-agent");
-        let _ = fs::write(self.spec.dir.join("agent.pid"), child.id().to_string());
-        let agent = AgentProcess::new(child, log);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while control::request(&self.socket_path(), &Request::Status).is_err() {
-            assert!(Instant::now() < deadline, "the agent did not open its control socket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let agent = agent_lab::spawn_agent(&self.host, &self.config_path(), &self.socket_path(), log);
+        let _ = fs::write(self.spec.dir.join("agent.pid"), agent.pid().to_string());
         agent
     }
 
     pub fn ask(&self, request: &Request) -> Response {
-        control::request(&self.socket_path(), request).expect("the agent answers")
+        agent_lab::ask(&self.socket_path(), request)
     }
 
     pub fn status(&self) -> Status {
-        self.ask(&Request::Status).status.expect("a status")
+        agent_lab::status(&self.socket_path())
     }
 
     /// Waits until `pred` holds; panics with the last status after `timeout`.
     pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.status();
-            if pred(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {s:#?}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        agent_lab::wait_for(&self.socket_path(), what, timeout, pred)
     }
 
     /// Both uplinks healthy and the agent's rules in place.

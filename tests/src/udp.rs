@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Netns, net::timespec_to_duration, packet::MAGIC};
+use crate::{Netns, net::receive_timestamp, packet::MAGIC};
 
 /// Port the receivers listen on.
 pub const PORT: u16 = 47_001;
@@ -119,18 +119,7 @@ fn recv_timestamped(sock: &UdpSocket) -> Option<(Vec<u8>, Duration)> {
     if n < 0 {
         return None;
     }
-    let mut at = Duration::ZERO;
-    // SAFETY: walking control messages the kernel wrote.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SO_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                at = timespec_to_duration(&ts);
-            }
-            c = libc::CMSG_NXTHDR(&raw const msg, c);
-        }
-    }
+    let at = receive_timestamp(&msg);
     Some((buf[..n.unsigned_abs()].to_vec(), at))
 }
 
