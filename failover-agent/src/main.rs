@@ -131,7 +131,7 @@ fn main() -> ExitCode {
             println!("{}: valid ({} group(s), {uplinks} uplink(s))", config.display(), c.groups.len());
         }),
         Command::Run { config } => load(&config).and_then(|c| {
-            agent::run(c).map_err(|e| {
+            agent::run(c, &config).map_err(|e| {
                 eprintln!("error: {}", chain(&e));
                 ExitCode::FAILURE
             })

@@ -78,6 +78,8 @@ pub struct Agent<D: Datapath, P: ProbeTransport> {
     ovs: Option<OvsSync>,
     ovs_alarm_since: HashMap<String, u64>,
     pub metrics: Metrics,
+    /// When the pins are next checked (someone may remove them by hand).
+    next_pin_check: Instant,
     /// New events, for `events --follow`.
     pub events_tx: tokio::sync::broadcast::Sender<Event>,
     /// Where the metrics endpoint listens, once bound.
@@ -184,6 +186,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 m
             },
             metrics_addr: None,
+            next_pin_check: now,
             events_tx: tokio::sync::broadcast::channel(256).0,
         }
     }
@@ -564,9 +567,46 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         }
         self.core.handle_timeout(now);
         self.ovs_alarms(now);
+        self.check_pins(now);
         // Rules that have settled let the datapath stop redirecting.
         for g in 0..self.config.groups.len() {
             self.sync_group(g);
+        }
+    }
+
+    /// Once a second: pins removed by hand are put back, and uplinks whose
+    /// link pin went (which detaches the programs) are attached again.
+    fn check_pins(&mut self, now: Instant) {
+        if now < self.next_pin_check {
+            return;
+        }
+        self.next_pin_check = now + Duration::from_secs(1);
+        match self.dp.repair_pins() {
+            Ok(restored) if !restored.is_empty() => {
+                let list: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
+                warn!(pins = ?list, "pinned maps had been removed: pinned again");
+                self.event("agent", None, None, format!("pinned maps had been removed; pinned again: {}", list.join(", ")));
+            }
+            Ok(_) => {}
+            Err(e) => error!(error = %anyhow::Error::from(e), "checking the datapath's pins"),
+        }
+        for g in 0..self.rt.len() {
+            for u in 0..self.rt[g].len() {
+                if !self.rt[g][u].attached {
+                    continue;
+                }
+                let cfg = self.uplink_config(g, u);
+                let ifname = self.config.groups[g].uplinks[u].interface.clone();
+                match self.dp.attach_uplink(&ifname, &cfg) {
+                    Ok(AttachOutcome::Reused) => {}
+                    Ok(AttachOutcome::Attached) => {
+                        warn!(interface = %ifname, "the programs had been detached (a link pin removed?): attached again");
+                        self.event("agent", Some(g), Some(u), format!("{ifname}: programs had been detached; attached again"));
+                        self.sync_group(g);
+                    }
+                    Err(e) => error!(interface = %ifname, error = %anyhow::Error::from(e), "re-checking the uplink's programs"),
+                }
+            }
         }
     }
 
@@ -857,16 +897,28 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
 }
 
 /// `failover-agent run`: runs until SIGTERM or SIGINT, then leaves the
-/// datapath in place (fail-static) and exits.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// datapath in place (fail-static) and exits. SIGHUP reloads `config_path`:
+/// a file that does not validate is refused and the running configuration
+/// kept; a valid, changed one takes effect by the agent executing itself
+/// anew, which is a restart without a flip (see "Restart safety").
+pub fn run(config: Config, config_path: &std::path::Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(run_async(config))
+    let reexec = runtime.block_on(run_async(config, config_path))?;
+    drop(runtime);
+    if reexec {
+        use std::os::unix::process::CommandExt as _;
+        let exe = std::env::current_exe().context("finding the agent's own binary")?;
+        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+        return Err(anyhow::Error::from(err).context("executing the agent anew for the new configuration"));
+    }
+    Ok(())
 }
 
-async fn run_async(config: Config) -> anyhow::Result<()> {
+/// Runs the agent; `Ok(true)` asks the caller to execute it anew (reload).
+async fn run_async(config: Config, config_path: &std::path::Path) -> anyhow::Result<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     let dp = EbpfDatapath::open(&DatapathOptions {
         pin_dir: config.agent.bpf_pin_dir.clone(),
@@ -875,6 +927,8 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     .context("opening the datapath")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut reexec = false;
     let (dump, mut links) = link::watch().await.context("watching links")?;
     let saved = match state::load(&config.agent.state_dir) {
         Ok(s) => s,
@@ -943,6 +997,18 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             }
             _ = term.recv() => { info!("SIGTERM: stopping; the datapath stays in place"); break; }
             _ = int.recv() => { info!("SIGINT: stopping; the datapath stays in place"); break; }
+            _ = hup.recv() => match crate::config::load(config_path) {
+                Err(e) => {
+                    error!(error = %e, "SIGHUP: the new configuration is refused; the running one stays");
+                    agent.event("agent", None, None, format!("reload refused, running configuration kept: {e}"));
+                }
+                Ok(new) if new == agent.config => info!("SIGHUP: configuration unchanged"),
+                Ok(_) => {
+                    info!("SIGHUP: new configuration; executing the agent anew (the datapath keeps steering)");
+                    reexec = true;
+                    break;
+                }
+            },
         }
         agent.apply_actions();
         agent.persist();
@@ -952,5 +1018,5 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&control_path);
     agent.dirty = true;
     agent.persist();
-    Ok(())
+    Ok(reexec)
 }

@@ -379,7 +379,11 @@ impl Datapath for EbpfDatapath {
         } else {
             AttachOutcome::Attached
         };
-        info!(ifname, ifindex, ?outcome, "uplink datapath ready");
+        if outcome == AttachOutcome::Attached {
+            info!(ifname, ifindex, "uplink datapath attached");
+        } else {
+            debug!(ifname, ifindex, "uplink datapath in place");
+        }
         Ok(outcome)
     }
 
@@ -429,6 +433,27 @@ impl Datapath for EbpfDatapath {
             Err(MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(map_err(MAP_GROUPS, format!("read group {group}"))(e)),
         }
+    }
+
+    fn repair_pins(&mut self) -> Result<Vec<PathBuf>, DatapathError> {
+        let mut restored = Vec::new();
+        for sub in ["maps", "links"] {
+            let path = self.pin_dir.join(sub);
+            fs::create_dir_all(&path).map_err(|source| DatapathError::PinDir { path, source })?;
+        }
+        for name in [MAP_UPLINKS, MAP_GROUPS, MAP_STATS] {
+            let path = self.pin_dir.join("maps").join(name);
+            if !path.exists() {
+                map_ref(&self.ebpf, name)?.pin(&path).map_err(|e| DatapathError::PinLink {
+                    ifname: "-".into(),
+                    program: name,
+                    path: path.clone(),
+                    source: Box::new(e),
+                })?;
+                restored.push(path);
+            }
+        }
+        Ok(restored)
     }
 
     fn counters(&self, slot: u32) -> Result<Counters, DatapathError> {

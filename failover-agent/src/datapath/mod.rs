@@ -172,6 +172,9 @@ pub trait Datapath {
     fn group(&self, group: u32) -> Result<Option<GroupState>, DatapathError>;
     /// Reads an uplink's counters.
     fn counters(&self, slot: u32) -> Result<Counters, DatapathError>;
+    /// Puts back map pins removed from under the datapath (from the maps
+    /// this process holds); returns the paths restored.
+    fn repair_pins(&mut self) -> Result<Vec<PathBuf>, DatapathError>;
 }
 
 #[cfg(test)]
