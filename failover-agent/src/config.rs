@@ -69,6 +69,9 @@ pub struct Group {
     /// flapping (alarm; not chosen while another healthy uplink exists).
     pub flap_threshold: u32,
     pub flap_window: Duration,
+    /// How long a gateway must have been down before its learned MAC is
+    /// forgotten (a replacement gateway is then learned); zero: never.
+    pub relearn_after: Duration,
     /// In priority order: the first is the primary.
     pub uplinks: Vec<Uplink>,
 }
@@ -163,6 +166,8 @@ struct RawGroup {
     flap_threshold: u32,
     #[serde(default = "default_flap_window_ms")]
     flap_window_ms: u64,
+    #[serde(default = "default_relearn_after_ms")]
+    relearn_after_ms: u64,
     #[serde(default, rename = "uplink")]
     uplinks: Vec<RawUplink>,
 }
@@ -195,6 +200,9 @@ fn default_flap_threshold() -> u32 {
 }
 fn default_flap_window_ms() -> u64 {
     60_000
+}
+fn default_relearn_after_ms() -> u64 {
+    30_000
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -374,6 +382,9 @@ impl Validator<'_> {
         if g.flap_window_ms == 0 || g.flap_window_ms > MAX_HOLD_DOWN_MS {
             return Err(self.err(at, None, "flap_window_ms", format!("{} is out of range 1..={MAX_HOLD_DOWN_MS}", g.flap_window_ms)));
         }
+        if g.relearn_after_ms > MAX_HOLD_DOWN_MS {
+            return Err(self.err(at, None, "relearn_after_ms", format!("{} is out of range 0..={MAX_HOLD_DOWN_MS}", g.relearn_after_ms)));
+        }
         if g.uplinks.len() < 2 {
             return Err(self.err(at, None, "uplink", format!("{} uplink(s) configured: a group needs at least two", g.uplinks.len())));
         }
@@ -404,6 +415,7 @@ impl Validator<'_> {
             hold_down: Duration::from_millis(g.hold_down_ms),
             flap_threshold: g.flap_threshold,
             flap_window: Duration::from_millis(g.flap_window_ms),
+            relearn_after: Duration::from_millis(g.relearn_after_ms),
             uplinks,
         })
     }

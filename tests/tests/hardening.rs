@@ -133,3 +133,115 @@ fn pins_removed_by_hand_are_put_back_and_the_programs_reattached() {
     let events = lab.ask(&failover_agent::control::Request::Events { limit: Some(100), follow: false }).events.unwrap();
     assert!(events.iter().any(|e| e.message.contains("pinned maps had been removed")), "{events:?}");
 }
+
+#[test]
+fn a_starved_agent_does_not_fail_over_falsely() {
+    if !privileged("a_starved_agent_does_not_fail_over_falsely") {
+        return;
+    }
+    let mut lab = AgentLab::new(LabOptions {
+        probe_interval_ms: 100,
+        ..LabOptions::default()
+    });
+    let agent = lab.start_agent();
+    lab.wait_healthy();
+    // Lowest priority for the agent; both cores busy at normal priority.
+    let renice = std::process::Command::new("renice").args(["-n", "19", "-p", &agent.pid().to_string()]).output().unwrap();
+    assert!(renice.status.success(), "{}", String::from_utf8_lossy(&renice.stderr));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut worst = Duration::ZERO;
+    while Instant::now() < deadline {
+        let asked = Instant::now();
+        let s = lab.status();
+        worst = worst.max(asked.elapsed());
+        assert_eq!(s.groups[0].active.as_deref(), Some("primary"), "no switchover under starvation: {s:#?}");
+        assert!(s.alarms.is_empty(), "no alarm under starvation: {:?}", s.alarms);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for b in burners {
+        b.join().unwrap();
+    }
+    eprintln!("starved agent (nice 19, both cores busy, 100 ms probes): no false failover; slowest status answer {worst:?}");
+    let s = lab.status();
+    assert_eq!(s.groups[0].last_switchover.as_ref().unwrap().reason, "startup");
+}
+
+fn forged_reply(dst: [u8; 6], src: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    use failover_common::frame::{ARP_OP_REPLY, Arp, EthHeader, build_arp};
+    let mut buf = [0u8; 64];
+    let n = build_arp(&mut buf, &EthHeader { dst, src, vlan: 0 }, &Arp { op: ARP_OP_REPLY, sha: src, spa, tha, tpa }).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn spoofed_replies_keep_no_dead_gateway_alive() {
+    use failover_tests::{
+        PacketSocket,
+        agent_lab::{GW1_MAC, GW2_MAC, UP1_MAC},
+    };
+    const ROGUE: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0e, 0x0e];
+    const GW: [u8; 4] = [192, 0, 2, 1];
+    const PROBE: [u8; 4] = [192, 0, 2, 250];
+    if !privileged("spoofed_replies_keep_no_dead_gateway_alive") {
+        return;
+    }
+    let mut lab = AgentLab::new(LabOptions::default());
+    let _agent = lab.start_agent();
+    lab.wait_healthy();
+    let before = lab.status();
+    // A rogue on gateway 1's segment, one on gateway 2's, and a rogue VM.
+    let seg1 = lab.gw1.run(|| PacketSocket::open("gw1").unwrap());
+    let seg2 = lab.gw2.run(|| PacketSocket::open("gw2").unwrap());
+    let vm = lab.vm.run(|| PacketSocket::open("eth0").unwrap());
+    let forged_seg1 = [
+        forged_reply(UP1_MAC, ROGUE, GW, UP1_MAC, PROBE),            // another MAC than the gateway's
+        forged_reply(UP1_MAC, GW1_MAC, GW, UP1_MAC, [192, 0, 2, 77]), // aimed at another target
+        forged_reply(UP1_MAC, GW1_MAC, [192, 0, 2, 2], UP1_MAC, PROBE), // another sender address
+    ];
+    let for_up1_on_seg2 = forged_reply(UP1_MAC, GW2_MAC, GW, UP1_MAC, PROBE); // arrives on the other uplink
+    let from_vm = forged_reply(UP1_MAC, GW1_MAC, GW, UP1_MAC, PROBE); // a VM in the gateway's name
+    lab.silence_gateway(1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let rogue = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(6);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            for f in &forged_seg1 {
+                let _ = seg1.send(f);
+            }
+            let _ = seg2.send(&for_up1_on_seg2);
+            let _ = vm.send(&from_vm);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let s = lab.wait_for("the dead gateway found dead despite the spoofers", WAIT, |s| {
+        s.groups[0].active.as_deref() == Some("standby") && s.alarms.iter().any(|a| a.kind == "gateway" && a.uplink.as_deref() == Some("primary"))
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = lab.status();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rogue.join().unwrap();
+    let primary = &after.groups[0].uplinks[0];
+    assert!(!primary.healthy && primary.gateway == "down", "kept dead: {primary:?}");
+    assert_eq!(primary.gateway_mac.as_deref(), Some("02:fa:00:00:0a:01"), "the rogue's MAC was not learned");
+    assert!(after.alarms.iter().any(|a| a.kind == "gateway" && a.uplink.as_deref() == Some("primary")));
+    let rejected = |s: &failover_agent::control::Status, u: usize| s.groups[0].uplinks[u].replies_rejected;
+    assert!(rejected(&after, 0) > rejected(&before, 0) + 100, "spoofs counted as rejected on the primary: {}", rejected(&after, 0));
+    assert!(rejected(&after, 1) > rejected(&before, 1) + 100, "misdirected replies counted on the standby: {}", rejected(&after, 1));
+    assert!(after.groups[0].uplinks[1].healthy, "the standby's real gateway still counts");
+    assert_eq!(s.groups[0].last_switchover.as_ref().unwrap().reason, "gateway_silent");
+}

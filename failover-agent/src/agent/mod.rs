@@ -674,10 +674,16 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     uplink,
                     gateway_mac,
                 } => self.send_probe(group, uplink, gateway_mac),
-                Action::GatewayMac { group, uplink, mac } => {
+                Action::GatewayMac { group, uplink, mac, replaced } => {
                     let u = self.config.groups[group].uplinks[uplink].clone();
-                    let what = mac.map_or_else(|| "forgotten (accepting any until learned again)".to_string(), |m| format!("learned: {}", format_mac(&m)));
-                    info!(group = %self.config.groups[group].name, uplink = %u.name, "gateway MAC {what}");
+                    let mut what = mac.map_or_else(|| "forgotten (accepting any until learned again)".to_string(), |m| format!("learned: {}", format_mac(&m)));
+                    if let Some(old) = replaced {
+                        // A replaced gateway, or someone answering in its name: worth a look.
+                        what = format!("{what}, replacing {} (a new gateway? if not, look for a spoofer)", format_mac(&old));
+                        warn!(group = %self.config.groups[group].name, uplink = %u.name, "gateway MAC {what}");
+                    } else {
+                        info!(group = %self.config.groups[group].name, uplink = %u.name, "gateway MAC {what}");
+                    }
                     let msg = format!("{} gateway MAC {what}", u.name);
                     self.event("gateway", Some(group), Some(uplink), msg);
                     if self.rt[group][uplink].attached {

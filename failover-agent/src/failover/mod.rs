@@ -138,6 +138,9 @@ pub enum Action {
         group: usize,
         uplink: usize,
         mac: Option<[u8; 6]>,
+        /// The MAC known before, when the new one differs (a gateway
+        /// replaced, or someone answering in its name).
+        replaced: Option<[u8; 6]>,
     },
 }
 
@@ -193,6 +196,7 @@ struct Params {
     hold_down: Duration,
     flap_threshold: u32,
     flap_window: Duration,
+    relearn_after: Duration,
 }
 
 #[derive(Debug)]
@@ -207,6 +211,8 @@ struct UplinkFsm {
     configured_mac: Option<[u8; 6]>,
     learned_mac: Option<[u8; 6]>,
     last_mac: Option<[u8; 6]>,
+    /// Since when the gateway has been down.
+    down_since: Option<Instant>,
     was_healthy: bool,
     seen_healthy: bool,
     healthy_since: Option<Instant>,
@@ -277,6 +283,7 @@ impl Core {
                     hold_down: g.hold_down,
                     flap_threshold: g.flap_threshold,
                     flap_window: g.flap_window,
+                    relearn_after: g.relearn_after,
                 },
                 uplinks: g
                     .uplinks
@@ -291,6 +298,7 @@ impl Core {
                         configured_mac: u.gateway_mac,
                         learned_mac: None,
                         last_mac: u.gateway_mac,
+                        down_since: None,
                         was_healthy: false,
                         seen_healthy: false,
                         healthy_since: None,
@@ -367,12 +375,14 @@ impl Core {
             && fresh
             && let Some(mac) = mac
         {
+            let replaced = u.last_mac.filter(|old| *old != mac);
             u.learned_mac = Some(mac);
             u.last_mac = Some(mac);
             self.actions.push_back(Action::GatewayMac {
                 group,
                 uplink,
                 mac: Some(mac),
+                replaced,
             });
         }
     }
@@ -390,7 +400,7 @@ impl Core {
             if now >= g.next_probe {
                 let next = g.next_probe + g.params.interval;
                 g.next_probe = if next > now { next } else { now + g.params.interval };
-                self.probe_round(group);
+                self.probe_round(group, now);
             }
             self.decide(group, now);
         }
@@ -456,10 +466,27 @@ impl Core {
         self.alarms.iter()
     }
 
-    fn probe_round(&mut self, group: usize) {
+    fn probe_round(&mut self, group: usize, now: Instant) {
         let g = &mut self.groups[group];
         let params = g.params;
         for (index, u) in g.uplinks.iter_mut().enumerate() {
+            // A gateway down for `relearn_after` may have been replaced (a
+            // new MAC): its learned MAC is forgotten and any is accepted
+            // again. Not sooner: until then a reply from another MAC is a
+            // spoof and must not keep a dead gateway alive. (A configured
+            // MAC is the operator's and stays.)
+            if u.gateway == Gateway::Down
+                && params.relearn_after > Duration::ZERO
+                && u.down_since.is_some_and(|t| t + params.relearn_after <= now)
+                && u.learned_mac.take().is_some()
+            {
+                self.actions.push_back(Action::GatewayMac {
+                    group,
+                    uplink: index,
+                    mac: None,
+                    replaced: None,
+                });
+            }
             if u.link != Link::Up {
                 continue;
             }
@@ -469,21 +496,14 @@ impl Core {
                     u.unanswered = 0;
                     if u.gateway != Gateway::Up && u.answered >= params.up_after {
                         u.gateway = Gateway::Up;
+                        u.down_since = None;
                     }
                 } else {
                     u.unanswered = u.unanswered.saturating_add(1);
                     u.answered = 0;
                     if u.gateway != Gateway::Down && u.unanswered >= params.down_after {
                         u.gateway = Gateway::Down;
-                        // A replaced gateway has another MAC: accept any again
-                        // (a configured MAC is the operator's and stays).
-                        if u.learned_mac.take().is_some() {
-                            self.actions.push_back(Action::GatewayMac {
-                                group,
-                                uplink: index,
-                                mac: None,
-                            });
-                        }
+                        u.down_since = Some(now);
                     }
                 }
             }

@@ -11,7 +11,7 @@ const GW_MAC: [u8; 6] = [2, 0, 0, 0, 0xa, 1];
 fn config(uplinks: usize, failback: &str) -> Config {
     let mut text = format!(
         "[[group]]\nname = \"ext\"\nbridge = \"br\"\nprobe_interval_ms = 100\ndown_after = 3\nup_after = 3\n\
-         failback = \"{failback}\"\nhold_down_ms = 1000\nflap_threshold = 4\nflap_window_ms = 10000\n"
+         failback = \"{failback}\"\nhold_down_ms = 1000\nflap_threshold = 4\nflap_window_ms = 10000\nrelearn_after_ms = 1000\n"
     );
     for (i, name) in ["primary", "standby", "third", "fourth"].iter().take(uplinks).enumerate() {
         text += &format!(
@@ -203,20 +203,38 @@ fn s2_silent_primary_gateway_switches_after_down_after_probes() {
     assert_eq!(switches(&a), vec![(Some(0), 1, Reason::GatewaySilent)]);
     assert_eq!(h.alarms(&a), vec![format!("raise: {GW_PRIMARY}")]);
     assert!(
-        a.contains(&Action::GatewayMac {
-            group: 0,
-            uplink: 0,
-            mac: None
-        }),
-        "a learned MAC is forgotten so a replacement gateway can be learned"
+        !a.iter().any(|x| matches!(x, Action::GatewayMac { .. })),
+        "the learned MAC is kept: a reply from another MAC now would be a spoof"
     );
+}
+
+#[test]
+fn a_learned_mac_is_forgotten_only_after_relearn_after_of_silence() {
+    let mut h = H::healthy(2, "never");
+    let a = h.ticks(3, &[1]);
+    assert_eq!(switches(&a).len(), 1);
+    // relearn_after_ms = 1000 in the test configuration.
+    let a = h.ticks(9, &[1]);
+    assert!(!a.iter().any(|x| matches!(x, Action::GatewayMac { uplink: 0, .. })), "too early");
+    let a = h.ticks(1, &[1]);
+    assert!(a.contains(&Action::GatewayMac {
+        group: 0,
+        uplink: 0,
+        mac: None,
+        replaced: None
+    }));
 }
 
 #[test]
 fn a_forgotten_mac_is_learned_again_only_from_a_new_reply() {
     let mut h = H::healthy(2, "never");
-    let a = h.ticks(3, &[1]);
-    assert!(a.contains(&Action::GatewayMac { group: 0, uplink: 0, mac: None }));
+    let a = h.ticks(13, &[1]);
+    assert!(a.contains(&Action::GatewayMac {
+        group: 0,
+        uplink: 0,
+        mac: None,
+        replaced: None
+    }));
     // The datapath still reports the old reply's MAC: that is no new evidence.
     let total = h.replies[0];
     h.core.handle_replies(0, 0, total, Some(GW_MAC));
@@ -230,7 +248,8 @@ fn a_forgotten_mac_is_learned_again_only_from_a_new_reply() {
         vec![Action::GatewayMac {
             group: 0,
             uplink: 0,
-            mac: Some(replacement)
+            mac: Some(replacement),
+            replaced: Some(GW_MAC),
         }]
     );
 }
