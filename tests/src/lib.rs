@@ -8,6 +8,7 @@
 //! or killed run) is removed by the next run.
 
 pub mod agent_lab;
+pub mod chaos;
 pub mod lab;
 pub mod net;
 pub mod ovs_lab;

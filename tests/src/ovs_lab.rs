@@ -545,6 +545,13 @@ pub struct LabTraffic {
 }
 
 impl LabTraffic {
+    /// Stops the sender and the receivers: how many were sent, and every arrival.
+    pub fn finish_raw(self) -> (u64, Vec<udp::Arrival>) {
+        let sent = self.source.stop();
+        std::thread::sleep(Duration::from_millis(100));
+        (sent, self.sinks.into_iter().flat_map(Sink::stop).collect())
+    }
+
     /// Stops the sender, lets the last datagrams land, stops the receivers.
     pub fn finish(self) -> Report {
         let sent = self.source.stop();

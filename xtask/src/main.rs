@@ -38,6 +38,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Random faults in the OVS lab with invariants checked (root): `[--seconds N] [--seed S]`.
+    Chaos {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The OVS lab: `up [--name N] [--vms N] [--shared-mac] [--no-agent]`, `down`, `status`.
     Lab {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
         Task::Demo { args } => run_lab_tool("failover-demo", &args),
         Task::Lab { args } => run_lab_tool("failover-lab", &args),
         Task::Bench { args } => run_lab_tool("failover-bench", &args),
+        Task::Chaos { args } => run_lab_tool("failover-chaos", &args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
