@@ -314,9 +314,30 @@ impl OvsLab {
     }
 
     fn start_ovsdb(&self) -> Result<(), String> {
+        let db = self.spec.dir.join("conf.db");
+        run(Command::new("ovsdb-tool").arg("create").arg(&db).arg("/usr/share/openvswitch/vswitch.ovsschema"))?;
+        self.run_ovsdb()?;
+        self.vsctl(&["--no-wait", "init"]).map(drop)
+    }
+
+    /// Kills ovsdb-server (SIGKILL, as a crash) and starts it again on its database.
+    pub fn crash_and_restart_ovsdb(&self) -> Result<(), String> {
+        let pidfile = self.spec.dir.join("ovsdb-server.pid");
+        if let Some(pid) = fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+            // SAFETY: the lab's own ovsdb-server, by its pid file.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while crate::pid_alive(pid.unsigned_abs()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = fs::remove_file(&pidfile);
+        self.run_ovsdb()
+    }
+
+    fn run_ovsdb(&self) -> Result<(), String> {
         let d = &self.spec.dir;
         let db = d.join("conf.db");
-        run(Command::new("ovsdb-tool").arg("create").arg(&db).arg("/usr/share/openvswitch/vswitch.ovsschema"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.host.name(), "ovsdb-server"])
             .arg(&db)
@@ -326,8 +347,7 @@ impl OvsLab {
             .args(["-vconsole:off", "--no-chdir", "--detach"])
             .arg(format!("--log-file={}", d.join("ovsdb-server.log").display()));
         self.env(&mut cmd);
-        run(&mut cmd)?;
-        self.vsctl(&["--no-wait", "init"]).map(drop)
+        run(&mut cmd).map(drop)
     }
 
     /// Starts ovs-vswitchd (again).

@@ -245,3 +245,56 @@ fn spoofed_replies_keep_no_dead_gateway_alive() {
     assert!(after.groups[0].uplinks[1].healthy, "the standby's real gateway still counts");
     assert_eq!(s.groups[0].last_switchover.as_ref().unwrap().reason, "gateway_silent");
 }
+
+#[test]
+fn sigkill_in_the_middle_of_a_switchover_leaves_a_consistent_state() {
+    if !privileged("sigkill_in_the_middle_of_a_switchover_leaves_a_consistent_state") {
+        return;
+    }
+    let mut lab = AgentLab::new(LabOptions::default());
+    let mut agent = lab.start_agent();
+    lab.wait_healthy();
+    // Kill the agent 0-4 ms after the fault that makes it switch, repeatedly,
+    // moving the fault between the uplinks.
+    for round in 0..4u32 {
+        let s = lab.status();
+        let active = if s.groups[0].active.as_deref() == Some("primary") { 1 } else { 2 };
+        lab.set_link(active, false);
+        std::thread::sleep(Duration::from_micros(u64::from(round) * 1000));
+        agent.kill();
+        agent = lab.start_agent();
+        let want = if active == 1 { "standby" } else { "primary" };
+        let s = lab.wait_for("a consistent state after the kill", WAIT, |s| {
+            s.groups[0].active.as_deref() == Some(want) && s.alarms.iter().any(|a| a.kind == "nic")
+        });
+        let nic: Vec<_> = s.alarms.iter().filter(|a| a.kind == "nic").filter_map(|a| a.uplink.clone()).collect();
+        assert_eq!(nic, vec![if active == 1 { "primary" } else { "standby" }.to_string()], "round {round}: {:?}", s.alarms);
+        lab.set_link(active, true);
+        lab.wait_healthy();
+        lab.wait_for("alarms cleared", WAIT, |s| s.alarms.is_empty());
+    }
+}
+
+#[test]
+fn an_uplink_deleted_and_recreated_at_run_time_is_attached_and_relearned() {
+    use failover_tests::agent_lab::{GW2_MAC, UP2_MAC};
+    if !privileged("an_uplink_deleted_and_recreated_at_run_time_is_attached_and_relearned") {
+        return;
+    }
+    let mut lab = AgentLab::new(LabOptions::default());
+    let _agent = lab.start_agent();
+    lab.wait_healthy();
+    lab.host.ip(&["link", "del", "up2"]);
+    let s = lab.wait_for("standby NIC alarm", WAIT, |s| s.alarms.iter().any(|a| a.kind == "nic"));
+    assert_eq!(s.groups[0].uplinks[1].link, "absent");
+    lab.host.veth("up2", UP2_MAC, &lab.gw2, "gw2", GW2_MAC);
+    lab.host.ip(&["link", "set", "up2", "master", "br0"]);
+    lab.gw2.ip(&["addr", "add", "192.0.2.1/24", "dev", "gw2"]);
+    let s = lab.wait_for("standby back", WAIT, |s| s.groups[0].uplinks[1].healthy && s.alarms.is_empty());
+    assert!(s.groups[0].uplinks[1].replies > 0);
+    let out = std::process::Command::new("ip").args(["-n", lab.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("xdp"), "programs attached to the new up2");
+    // It works: a fault on the primary moves traffic to the re-created standby.
+    lab.set_link(1, false);
+    lab.wait_for("switch to the re-created standby", WAIT, |s| s.groups[0].active.as_deref() == Some("standby"));
+}

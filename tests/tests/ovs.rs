@@ -320,3 +320,35 @@ fn gateways_sharing_a_mac_fail_over_too() {
     eprintln!("OVS lab, shared gateway MAC, primary NIC fault: {r}");
     assert!(r.lost < RATE / 5 && r.per_receiver[1] > RATE / 4, "{r}");
 }
+
+#[test]
+fn ovsdb_server_crash_and_restart_leave_the_agent_working() {
+    if !privileged("ovsdb_server_crash_and_restart_leave_the_agent_working") {
+        return;
+    }
+    let mut lab = lab();
+    let _agent = lab.start_agent();
+    lab.wait_ready();
+    let t = lab.gateway_traffic(10, RATE);
+    settle();
+    lab.crash_and_restart_ovsdb().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let r = t.finish();
+    // ovs-vswitchd reconfigures its ports when it finds the database again;
+    // with the userspace datapath that costs traffic (OVS's own, measured
+    // here, not the agent's).
+    eprintln!("OVS lab, ovsdb-server SIGKILLed and restarted: {r}");
+    assert_eq!(r.duplicates, 0, "{r}");
+    assert!(r.max_gap < Duration::from_secs(3), "traffic resumed: {r}");
+    // The agent's rules are there, and a fault is still handled.
+    assert_flows(&lab, 1);
+    let t = lab.gateway_traffic(11, RATE);
+    settle();
+    lab.set_link(1, false);
+    lab.wait_for("switch to the standby", WAIT, |s| active(s) == Some("standby"));
+    assert_flows(&lab, 2);
+    settle();
+    let r = t.finish();
+    eprintln!("then a NIC fault: {r}");
+    assert!(r.lost < RATE / 5 && r.duplicates == 0, "{r}");
+}

@@ -384,8 +384,11 @@ fn generated_frames_get_the_specified_verdict() {
         let (e, a) = reply_to_up1();
         let valid = arp(e, a);
         let cfg1 = config(0, 0, UP1_MAC);
+        // A bounded run here; `FAILOVER_FUZZ_CASES=200000 cargo test -p
+        // failover-tests --test xdp_test_run generated` runs a long one.
+        let cases = std::env::var("FAILOVER_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(600);
         let mut runner = TestRunner::new(ProptestConfig {
-            cases: 600,
+            cases,
             ..ProptestConfig::default()
         });
         // Random bytes, and valid replies with random bytes changed: the

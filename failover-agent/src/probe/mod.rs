@@ -161,6 +161,45 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any probe the agent can be configured to send is a well-formed
+        /// frame: the right length and type, its addresses where they belong,
+        /// and (IPv6) a checksum that verifies.
+        #[test]
+        fn every_probe_is_well_formed(
+            own in proptest::array::uniform6(proptest::num::u8::ANY),
+            mac in proptest::option::of(proptest::array::uniform6(proptest::num::u8::ANY)),
+            vlan in proptest::option::of(1u16..4095),
+            v4 in proptest::bool::ANY,
+            a in proptest::array::uniform16(proptest::num::u8::ANY),
+            b in proptest::array::uniform16(proptest::num::u8::ANY),
+        ) {
+            let (source, gateway): (IpAddr, IpAddr) = if v4 {
+                ([a[0], a[1], a[2], a[3]].into(), [b[0], b[1], b[2], b[3]].into())
+            } else {
+                (a.into(), b.into())
+            };
+            let f = probe_frame(&ProbeSpec { own_mac: own, source, gateway, gateway_mac: mac, vlan }).unwrap();
+            let l3 = if vlan.is_some() { 18 } else { 14 };
+            proptest::prop_assert_eq!(&f[6..12], &own[..]);
+            if let Some(v) = vlan {
+                proptest::prop_assert_eq!(&f[12..16], &[0x81, 0x00, (v >> 8) as u8, v as u8][..]);
+            }
+            if v4 {
+                proptest::prop_assert_eq!(f.len(), l3 + 28);
+                proptest::prop_assert_eq!(&f[l3 + 14..l3 + 18], &a[..4]);
+                proptest::prop_assert_eq!(&f[l3 + 24..l3 + 28], &b[..4]);
+            } else {
+                let icmp = l3 + 40;
+                let src: [u8; 16] = f[l3 + 8..l3 + 24].try_into().unwrap();
+                let dst: [u8; 16] = f[l3 + 24..l3 + 40].try_into().unwrap();
+                proptest::prop_assert_eq!(src, a);
+                proptest::prop_assert_eq!(icmpv6_checksum(&src, &dst, &f[icmp..]), 0);
+                proptest::prop_assert_eq!(&f[icmp + 8..icmp + 24], &b[..]);
+            }
+        }
+    }
+
     #[test]
     fn mixed_families_make_no_probe() {
         let mut spec = v4(None, None);
