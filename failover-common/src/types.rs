@@ -7,6 +7,8 @@
 //!   value under RCU and readers never see half of it), key = group id
 //!   (`u32`), value = [`GroupState`]. Writing one entry flips a group.
 //! - [`MAP_STATS`]: per-CPU array, index = uplink slot, value = [`UplinkStats`].
+//! - [`MAP_PROBES`]: array (shared by all CPUs), index = uplink slot, value =
+//!   [`ProbeCount`]: probes seen leaving, replies counted for them.
 
 /// Name of the uplink configuration map.
 pub const MAP_UPLINKS: &str = "UPLINKS";
@@ -14,6 +16,8 @@ pub const MAP_UPLINKS: &str = "UPLINKS";
 pub const MAP_GROUPS: &str = "GROUPS";
 /// Name of the per-uplink counter map.
 pub const MAP_STATS: &str = "STATS";
+/// Name of the probe/reply balance map.
+pub const MAP_PROBES: &str = "PROBES";
 /// Name of the XDP program in the object.
 pub const PROG_XDP: &str = "failover_xdp";
 /// Name of the TC egress program in the object.
@@ -122,6 +126,18 @@ pub struct UplinkStats {
     pub reserved: [u8; 2],
 }
 
+/// Probes and the replies counted for them, per uplink (value of
+/// [`MAP_PROBES`]): a reply counts only while `answered < sent`, so no more
+/// replies count than probes left; the others are unsolicited, rejected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeCount {
+    /// Probes (frames with [`PROBE_MARK`]) seen leaving the uplink.
+    pub sent: u64,
+    /// Valid replies counted.
+    pub answered: u64,
+}
+
 impl UplinkConfig {
     /// A zeroed configuration (no gateway MAC known, untagged).
     pub const fn zeroed() -> Self {
@@ -181,6 +197,9 @@ unsafe impl aya::Pod for GroupState {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for UplinkStats {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for ProbeCount {}
 
 #[cfg(test)]
 mod tests {
@@ -222,6 +241,12 @@ mod tests {
         assert_eq!(offset_of!(UplinkStats, reserved), 70);
         assert_eq!(size_of::<UplinkStats>(), 8 * 8 + 6 + 2);
         assert_eq!(align_of::<UplinkStats>(), 8);
+    }
+
+    #[test]
+    fn probe_count_layout_has_no_padding() {
+        assert_eq!(offset_of!(ProbeCount, answered), 8);
+        assert_eq!(size_of::<ProbeCount>(), 16);
     }
 
     #[test]

@@ -2,11 +2,11 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
     helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, map, xdp},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use failover_common::{
-    GroupState, MAX_GROUPS, MAX_UPLINKS, PROBE_MARK, UplinkConfig, UplinkStats,
+    GroupState, MAX_GROUPS, MAX_UPLINKS, PROBE_MARK, ProbeCount, UplinkConfig, UplinkStats,
     frame::{Egress, Frame, Ingress, classify_ingress, egress_action},
 };
 
@@ -22,6 +22,46 @@ static GROUPS: HashMap<u32, GroupState> = HashMap::pinned(MAX_GROUPS, BPF_F_NO_P
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<UplinkStats> = PerCpuArray::pinned(MAX_UPLINKS, 0);
+
+#[map(name = "PROBES")]
+static PROBES: Array<ProbeCount> = Array::pinned(MAX_UPLINKS, 0);
+
+// The two counters are shared by all CPUs and updated without atomics (the
+// target's core has none): `sent` has one writer in practice (the agent's
+// probe thread, on whose CPU TC runs), and replies come one per probe
+// interval, so a race costs at most one count either way, which
+// `down_after`/`up_after` absorb.
+
+/// Counts one more probe sent on `slot`.
+#[inline(always)]
+fn probe_sent(slot: u32) {
+    if let Some(p) = PROBES.get_ptr_mut(slot) {
+        // SAFETY: a valid map value.
+        unsafe {
+            let sent = core::ptr::read_volatile(&raw const (*p).sent);
+            core::ptr::write_volatile(&raw mut (*p).sent, sent.wrapping_add(1));
+        }
+    }
+}
+
+/// Whether a reply on `slot` answers a probe not answered yet; if so, it
+/// is counted as the answer.
+#[inline(always)]
+fn reply_solicited(slot: u32) -> bool {
+    let Some(p) = PROBES.get_ptr_mut(slot) else {
+        return false;
+    };
+    // SAFETY: a valid map value.
+    unsafe {
+        let sent = core::ptr::read_volatile(&raw const (*p).sent);
+        let answered = core::ptr::read_volatile(&raw const (*p).answered);
+        if answered >= sent {
+            return false;
+        }
+        core::ptr::write_volatile(&raw mut (*p).answered, answered + 1);
+    }
+    true
+}
 
 /// The XDP frame, read with a bounds check against `data_end` on every load.
 struct XdpFrame<'a>(&'a XdpContext);
@@ -71,6 +111,13 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     };
     match classify_ingress(&XdpFrame(ctx), &cfg) {
         Ingress::Malformed => xdp_action::XDP_PASS,
+        Ingress::ValidReply { .. } if !reply_solicited(cfg.slot) => {
+            // More replies than probes: unsolicited, whoever sent them.
+            if let Some(s) = stats(cfg.slot) {
+                s.rejected_replies += 1;
+            }
+            if active { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+        }
         Ingress::ValidReply { gateway_mac } => {
             if let Some(s) = stats(cfg.slot) {
                 s.valid_replies += 1;
@@ -118,6 +165,7 @@ fn try_tc_egress(ctx: &TcContext) -> i32 {
         if let Some(s) = stats(slot) {
             s.probes_out += 1;
         }
+        probe_sent(slot);
         return TC_ACT_OK as i32;
     }
     // SAFETY: as above.

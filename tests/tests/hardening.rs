@@ -298,3 +298,26 @@ fn an_uplink_deleted_and_recreated_at_run_time_is_attached_and_relearned() {
     lab.set_link(1, false);
     lab.wait_for("switch to the re-created standby", WAIT, |s| s.groups[0].active.as_deref() == Some("standby"));
 }
+
+#[test]
+fn only_root_may_use_the_control_socket() {
+    if !privileged("only_root_may_use_the_control_socket") {
+        return;
+    }
+    let mut lab = AgentLab::new(LabOptions::default());
+    let _agent = lab.start_agent();
+    lab.wait_healthy();
+    // The same CLI as user nobody: refused by the socket's mode.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(failover_tests::agent_lab::agent_binary())
+        .args(["status", "--config"])
+        .arg(lab.config_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "nobody got the status: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(stderr.contains("control socket") && stderr.contains("Permission denied"), "{stderr}");
+    // Root still may.
+    assert_eq!(lab.status().groups[0].active.as_deref(), Some("primary"));
+}

@@ -167,6 +167,14 @@ fn inactive_uplink_ingress_is_dropped_and_replies_are_consumed() {
             tpa: PROBE_IP,
         },
     );
+    // Unsolicited first: no probe went out, so it does not count.
+    t.gw2.send(&reply).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(t.counters(1).valid_replies, 0, "an unsolicited reply is no liveness");
+    assert_eq!(t.counters(1).rejected_replies, 1);
+    let probe_socket = t.host.run(|| PacketSocket::open("up2").unwrap());
+    probe_socket.set_mark(PROBE_MARK).unwrap();
+    probe_socket.send(&probe(UP2_MAC, GW2_MAC)).unwrap();
     t.gw2.send(&reply).unwrap();
     assert!(t.bridge2.collect(SETTLE, is_arp).is_empty(), "consumed by XDP");
     let c = t.counters(1);

@@ -15,7 +15,8 @@ use failover_agent::datapath::{
     ebpf::{ifindex, object},
 };
 use failover_common::{
-    FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GroupState, PROG_XDP, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig,
+    FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GroupState, MAP_PROBES, PROG_XDP, ProbeCount,
+    UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig,
     frame::{
         ARP_OP_REPLY, ARP_OP_REQUEST, Arp, BROADCAST_MAC, EthHeader, ICMPV6_NA, ICMPV6_NS, Ingress, NA_FLAG_OVERRIDE,
         NA_FLAG_SOLICITED, Ndp, build_arp, build_ndp, classify_ingress,
@@ -108,13 +109,26 @@ impl Rig {
             .expect("load a second copy sharing the pinned maps");
         let prog: &mut Xdp = runner.program_mut(PROG_XDP).unwrap().try_into().unwrap();
         prog.load().expect("load XDP program for test runs");
-        Self {
+        let mut rig = Self {
             dp,
             runner,
             up1,
             up2,
             up3,
+        };
+        // These frames are judged without probes going out through TC:
+        // credit every slot with plenty of probes sent.
+        for slot in 0..3 {
+            rig.set_probes(slot, 1_000_000, 0);
         }
+        rig
+    }
+
+    /// Sets a slot's probe/reply balance.
+    fn set_probes(&mut self, slot: u32, sent: u64, answered: u64) {
+        let mut probes: aya::maps::Array<_, ProbeCount> =
+            aya::maps::Array::try_from(self.runner.map_mut(MAP_PROBES).unwrap()).unwrap();
+        probes.set(slot, ProbeCount { sent, answered }, 0).unwrap();
     }
 
     /// Runs the XDP program on `frame` as if it arrived on `ifindex`.
@@ -242,6 +256,26 @@ fn expect_only_rejected(rig: &mut Rig, what: &str, ifindex: u32, slot: usize, fr
         assert_eq!(a.valid_replies, b.valid_replies, "{what}: valid counter of slot {i}");
         assert_eq!(a.last_reply, b.last_reply, "{what}: last reply time of slot {i}");
     }
+}
+
+#[test]
+fn no_more_replies_count_than_probes_left() {
+    with_rig("no_more_replies_count_than_probes_left", |rig| {
+        let (e, a) = reply_to_up1();
+        let reply = arp(e, a);
+        rig.set_probes(0, 2, 0);
+        let up1 = rig.up1;
+        let before = rig.counters(0);
+        assert_eq!(rig.run(up1, &reply), Ok(XDP_DROP));
+        assert_eq!(rig.run(up1, &reply), Ok(XDP_DROP));
+        // Two probes, two answers; a third reply is unsolicited: rejected.
+        assert_eq!(rig.run(up1, &reply), Ok(XDP_PASS));
+        let after = rig.counters(0);
+        assert_eq!(after.valid_replies, before.valid_replies + 2);
+        assert_eq!(after.rejected_replies, before.rejected_replies + 1);
+        rig.set_probes(0, 3, 2);
+        assert_eq!(rig.run(up1, &reply), Ok(XDP_DROP), "a new probe, a new answer");
+    });
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The real datapath: the embedded eBPF object, loaded with aya.
 //!
 //! Pins (under [`DatapathOptions::pin_dir`], which must be on a bpffs):
-//! - `maps/UPLINKS`, `maps/GROUPS`, `maps/STATS`: reused by every later load,
+//! - `maps/UPLINKS`, `maps/GROUPS`, `maps/STATS`, `maps/PROBES`: reused by every later load,
 //!   so a restarted agent sees and steers the same datapath;
 //! - `links/xdp-<ifname>-<ifindex>`, `links/tc-<ifname>-<ifindex>`: the
 //!   program links. A link pin keeps its program attached after the agent
@@ -16,15 +16,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
     },
 };
 use failover_common::{
-    GroupState, MAP_GROUPS, MAP_STATS, MAP_UPLINKS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_XDP,
-    UplinkConfig, UplinkStats,
+    GroupState, MAP_GROUPS, MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_XDP,
+    ProbeCount, UplinkConfig, UplinkStats,
 };
 use tracing::{debug, info};
 
@@ -299,7 +299,12 @@ impl EbpfDatapath {
                 io_error: e,
             }),
         })?;
-        stats.set(slot, zeros, 0).map_err(map_err(MAP_STATS, format!("zero slot {slot}")))
+        stats.set(slot, zeros, 0).map_err(map_err(MAP_STATS, format!("zero slot {slot}")))?;
+        let mut probes: Array<_, ProbeCount> =
+            Array::try_from(map_mut(&mut self.ebpf, MAP_PROBES)?).map_err(map_err(MAP_PROBES, "open"))?;
+        probes
+            .set(slot, ProbeCount::default(), 0)
+            .map_err(map_err(MAP_PROBES, format!("zero slot {slot}")))
     }
 
     /// Removes pins of `ifname` left from an interface with another ifindex
@@ -441,7 +446,7 @@ impl Datapath for EbpfDatapath {
             let path = self.pin_dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| DatapathError::PinDir { path, source })?;
         }
-        for name in [MAP_UPLINKS, MAP_GROUPS, MAP_STATS] {
+        for name in [MAP_UPLINKS, MAP_GROUPS, MAP_STATS, MAP_PROBES] {
             let path = self.pin_dir.join("maps").join(name);
             if !path.exists() {
                 map_ref(&self.ebpf, name)?.pin(&path).map_err(|e| DatapathError::PinLink {

@@ -55,6 +55,12 @@ fn xdp_cost(pins: &PinDir, ifindex: u32) -> Vec<(&'static str, f64)> {
         .default_map_pin_directory(pins.path().join("maps"))
         .load(object().expect("eBPF object"))
         .expect("load");
+    // Credit slot 0 with probes, so that the valid reply is measured as one.
+    let mut probes: aya::maps::Array<_, failover_common::ProbeCount> =
+        aya::maps::Array::try_from(ebpf.map_mut(failover_common::MAP_PROBES).expect("PROBES")).expect("array");
+    probes
+        .set(0, failover_common::ProbeCount { sent: u64::MAX / 2, answered: 0 }, 0)
+        .expect("credit probes");
     let prog: &mut Xdp = ebpf.program_mut(PROG_XDP).expect("program").try_into().expect("XDP");
     prog.load().expect("load XDP");
     let frames = [

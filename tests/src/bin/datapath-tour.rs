@@ -80,6 +80,20 @@ fn tour() -> Result<(), String> {
     println!("   group 0: up1 active, gateway {} (both gateways share 192.0.2.1)", mac_str(&GW1_MAC));
 
     step(2, "Gateway liveness is measured in the kernel");
+    // The agent's probes (marked) go out first: only replies to probes count.
+    for (ifname, own) in [("up1", UP1_MAC), ("up2", UP2_MAC)] {
+        let sock = t.host.run(|| PacketSocket::open(ifname)).map_err(|e| e.to_string())?;
+        sock.set_mark(failover_common::PROBE_MARK).map_err(|e| e.to_string())?;
+        let frame = failover_agent::probe::probe_frame(&failover_agent::probe::ProbeSpec {
+            own_mac: own,
+            source: std::net::IpAddr::from(PROBE_IP),
+            gateway: std::net::IpAddr::from(GW_IP),
+            gateway_mac: None,
+            vlan: None,
+        })
+        .ok_or("probe frame")?;
+        sock.send(&frame).map_err(|e| e.to_string())?;
+    }
     t.gw1.send(&probe_reply(UP1_MAC, GW1_MAC, GW_IP)).map_err(|e| e.to_string())?;
     t.gw2.send(&probe_reply(UP2_MAC, GW2_MAC, GW_IP)).map_err(|e| e.to_string())?;
     t.gw2.send(&probe_reply(UP2_MAC, GW2_MAC, [192, 0, 2, 66])).map_err(|e| e.to_string())?;
