@@ -185,7 +185,7 @@ fn main() -> ExitCode {
     println!("   namespaces left behind: {}", if left.is_empty() { "none".into() } else { left.join(", ") });
     match result {
         Ok(()) if left.is_empty() => {
-            println!("\nThe datapath works. Next: the agent (issue 3) and the OVS lab demo (issue 4).");
+            println!("\nThe datapath works. The whole method, with the agent and OVS: cargo xtask demo.");
             ExitCode::SUCCESS
         }
         Ok(()) => ExitCode::FAILURE,
