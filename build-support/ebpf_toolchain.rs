@@ -50,10 +50,7 @@ pub fn find_ebpf_toolchain() -> Result<EbpfToolchain, String> {
     if missing.is_empty() {
         Ok(EbpfToolchain { cargo, linker_dir })
     } else {
-        Err(format!(
-            "the eBPF toolchain is incomplete: missing {}; `./dev setup` installs it",
-            missing.join(", ")
-        ))
+        Err(format!("the eBPF toolchain is incomplete: missing {}; `./dev setup` installs it", missing.join(", ")))
     }
 }
 

@@ -40,6 +40,5 @@ fn main() {
         .expect("spawning /usr/bin/cargo to build failover-ebpf");
     assert!(status.success(), "building failover-ebpf failed ({status}); see the output above");
     let object = ebpf_object_path(&target_dir);
-    fs::copy(&object, out_dir.join("failover-ebpf.o"))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+    fs::copy(&object, out_dir.join("failover-ebpf.o")).unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
 }

@@ -99,11 +99,7 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {place}: {message}")]
-    Invalid {
-        path: PathBuf,
-        place: Place,
-        message: String,
-    },
+    Invalid { path: PathBuf, place: Place, message: String },
 }
 
 /// Where in the file an error is.
@@ -230,15 +226,17 @@ fn valid_name(s: &str) -> bool {
 
 fn valid_ifname(s: &str) -> bool {
     // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and whitespace.
-    (1..=15).contains(&s.len()) && !s.contains(['/', ':']) && !s.chars().any(char::is_whitespace) && s != "." && s != ".."
+    (1..=15).contains(&s.len())
+        && !s.contains(['/', ':'])
+        && !s.chars().any(char::is_whitespace)
+        && s != "."
+        && s != ".."
 }
 
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(&text, path)
 }
 
@@ -316,7 +314,12 @@ impl Validator<'_> {
         let metrics_listen = match raw.metrics_listen {
             None => SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
             Some(s) => s.parse().map_err(|_| {
-                self.err(None, None, "agent.metrics_listen", format!("{s:?} is not an address:port such as \"127.0.0.1:{DEFAULT_METRICS_PORT}\""))
+                self.err(
+                    None,
+                    None,
+                    "agent.metrics_listen",
+                    format!("{s:?} is not an address:port such as \"127.0.0.1:{DEFAULT_METRICS_PORT}\""),
+                )
             })?,
         };
         let xdp_mode = match raw.xdp_mode {
@@ -374,19 +377,39 @@ impl Validator<'_> {
             other => return Err(self.err(at, None, "failback", format!("{other:?}: expected \"never\" or \"auto\""))),
         };
         if g.hold_down_ms > MAX_HOLD_DOWN_MS {
-            return Err(self.err(at, None, "hold_down_ms", format!("{} is more than {MAX_HOLD_DOWN_MS} (one hour)", g.hold_down_ms)));
+            return Err(self.err(
+                at,
+                None,
+                "hold_down_ms",
+                format!("{} is more than {MAX_HOLD_DOWN_MS} (one hour)", g.hold_down_ms),
+            ));
         }
         if g.flap_threshold < 2 || g.flap_threshold > 1000 {
             return Err(self.err(at, None, "flap_threshold", format!("{} is out of range 2..=1000", g.flap_threshold)));
         }
         if g.flap_window_ms == 0 || g.flap_window_ms > MAX_HOLD_DOWN_MS {
-            return Err(self.err(at, None, "flap_window_ms", format!("{} is out of range 1..={MAX_HOLD_DOWN_MS}", g.flap_window_ms)));
+            return Err(self.err(
+                at,
+                None,
+                "flap_window_ms",
+                format!("{} is out of range 1..={MAX_HOLD_DOWN_MS}", g.flap_window_ms),
+            ));
         }
         if g.relearn_after_ms > MAX_HOLD_DOWN_MS {
-            return Err(self.err(at, None, "relearn_after_ms", format!("{} is out of range 0..={MAX_HOLD_DOWN_MS}", g.relearn_after_ms)));
+            return Err(self.err(
+                at,
+                None,
+                "relearn_after_ms",
+                format!("{} is out of range 0..={MAX_HOLD_DOWN_MS}", g.relearn_after_ms),
+            ));
         }
         if g.uplinks.len() < 2 {
-            return Err(self.err(at, None, "uplink", format!("{} uplink(s) configured: a group needs at least two", g.uplinks.len())));
+            return Err(self.err(
+                at,
+                None,
+                "uplink",
+                format!("{} uplink(s) configured: a group needs at least two", g.uplinks.len()),
+            ));
         }
         if g.uplinks.len() > MAX_GROUP_UPLINKS {
             return Err(self.err(
@@ -430,10 +453,13 @@ impl Validator<'_> {
             return Err(self.err(g, at, "interface", format!("{:?} is not a valid interface name", u.interface)));
         }
         let ip = |field: &str, s: &str| -> Result<IpAddr, ConfigError> {
-            let addr: IpAddr = s
-                .parse()
-                .map_err(|_| self.err(g, at, field, format!("{s:?} is not an IPv4 or IPv6 address")))?;
-            if addr.is_unspecified() || addr.is_multicast() || addr.is_loopback() || addr == IpAddr::from([255, 255, 255, 255]) {
+            let addr: IpAddr =
+                s.parse().map_err(|_| self.err(g, at, field, format!("{s:?} is not an IPv4 or IPv6 address")))?;
+            if addr.is_unspecified()
+                || addr.is_multicast()
+                || addr.is_loopback()
+                || addr == IpAddr::from([255, 255, 255, 255])
+            {
                 return Err(self.err(g, at, field, format!("{addr} cannot be a unicast neighbour")));
             }
             Ok(addr)
@@ -441,7 +467,12 @@ impl Validator<'_> {
         let gateway = ip("gateway", &u.gateway)?;
         let probe_source = ip("probe_source", &u.probe_source)?;
         if gateway.is_ipv4() != probe_source.is_ipv4() {
-            return Err(self.err(g, at, "probe_source", format!("{probe_source} is not of the gateway's family ({gateway})")));
+            return Err(self.err(
+                g,
+                at,
+                "probe_source",
+                format!("{probe_source} is not of the gateway's family ({gateway})"),
+            ));
         }
         if gateway == probe_source {
             return Err(self.err(g, at, "probe_source", "is the gateway's own address"));
@@ -449,7 +480,9 @@ impl Validator<'_> {
         let gateway_mac = match u.gateway_mac {
             None => None,
             Some(s) => {
-                let mac = parse_mac(&s).ok_or_else(|| self.err(g, at, "gateway_mac", format!("{s:?} is not a MAC such as \"02:00:5e:00:53:01\"")))?;
+                let mac = parse_mac(&s).ok_or_else(|| {
+                    self.err(g, at, "gateway_mac", format!("{s:?} is not a MAC such as \"02:00:5e:00:53:01\""))
+                })?;
                 if mac[0] & 1 != 0 || mac == [0; 6] {
                     return Err(self.err(g, at, "gateway_mac", format!("{s} is not a unicast MAC")));
                 }
@@ -461,14 +494,7 @@ impl Validator<'_> {
             Some(v @ 1..=4094) => u16::try_from(v).ok(),
             Some(v) => return Err(self.err(g, at, "vlan", format!("{v} is out of range 1..=4094"))),
         };
-        Ok(Uplink {
-            name: u.name,
-            interface: u.interface,
-            gateway,
-            probe_source,
-            gateway_mac,
-            vlan,
-        })
+        Ok(Uplink { name: u.name, interface: u.interface, gateway, probe_source, gateway_mac, vlan })
     }
 }
 

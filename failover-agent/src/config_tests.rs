@@ -128,7 +128,10 @@ fn duplicate_names_and_shared_interfaces_are_refused() {
     assert!(e.contains("uplink \"standby\", interface: \"eth1\" is already uplink \"primary\""), "{e}");
     let two = format!("{MINIMAL}{}", MINIMAL.replace("name = \"ext\"", "name = \"int\"").replace("eth1", "eth3"));
     let e = parse_str(&two).unwrap_err().to_string();
-    assert!(e.contains("group \"int\"") && e.contains("\"eth2\" is already uplink \"standby\" of group \"ext\""), "{e}");
+    assert!(
+        e.contains("group \"int\"") && e.contains("\"eth2\" is already uplink \"standby\" of group \"ext\""),
+        "{e}"
+    );
     let two = format!("{MINIMAL}{}", MINIMAL.replace("eth1", "eth3").replace("eth2", "eth4"));
     let e = parse_str(&two).unwrap_err().to_string();
     assert!(e.contains("group \"ext\", name: two groups"), "{e}");
@@ -162,7 +165,9 @@ fn group_and_uplink_counts_are_enforced() {
     assert!(e.contains("no [[group]] configured"), "{e}");
     let mut many = String::from("[[group]]\nname = \"big\"\nbridge = \"br\"\n");
     for i in 0..9 {
-        many += &format!("[[group.uplink]]\nname = \"u{i}\"\ninterface = \"eth{i}\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n");
+        many += &format!(
+            "[[group.uplink]]\nname = \"u{i}\"\ninterface = \"eth{i}\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n"
+        );
     }
     let e = parse_str(&many).unwrap_err().to_string();
     assert!(e.contains("9 uplinks configured: at most 8"), "{e}");
@@ -170,7 +175,9 @@ fn group_and_uplink_counts_are_enforced() {
     for g in 0..65 {
         groups += &format!("[[group]]\nname = \"g{g}\"\nbridge = \"br\"\n");
         for u in 0..2 {
-            groups += &format!("[[group.uplink]]\nname = \"u{u}\"\ninterface = \"e{g}x{u}\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n");
+            groups += &format!(
+                "[[group.uplink]]\nname = \"u{u}\"\ninterface = \"e{g}x{u}\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n"
+            );
         }
     }
     let e = parse_str(&groups).unwrap_err().to_string();

@@ -61,11 +61,7 @@ pub struct Response {
 
 impl Response {
     pub fn error(e: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(e.into()),
-            ..Self::default()
-        }
+        Self { ok: false, error: Some(e.into()), ..Self::default() }
     }
 }
 
@@ -199,13 +195,7 @@ pub fn serve(
     tx: mpsc::Sender<Incoming>,
     events: broadcast::Sender<Event>,
 ) -> Result<tokio::task::JoinHandle<()>, ControlError> {
-    let setup = |what| {
-        move |source| ControlError::Setup {
-            path: path.to_path_buf(),
-            what,
-            source,
-        }
-    };
+    let setup = |what| move |source| ControlError::Setup { path: path.to_path_buf(), what, source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(setup("creating its directory"))?;
     }
@@ -299,25 +289,12 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>, events: broadcas
 /// event, the recent ones first, until the agent goes away.
 pub fn follow_events(path: &Path, limit: usize, mut each: impl FnMut(&Event)) -> Result<(), ControlError> {
     use std::io::{BufRead as _, Write as _};
-    let client = |what| {
-        move |source| ControlError::Client {
-            path: path.to_path_buf(),
-            what,
-            source,
-        }
-    };
+    let client = |what| move |source| ControlError::Client { path: path.to_path_buf(), what, source };
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(client("connecting"))?;
-    let mut line = serde_json::to_string(&Request::Events {
-        limit: Some(limit),
-        follow: true,
-    })
-    .unwrap_or_default();
+    let mut line = serde_json::to_string(&Request::Events { limit: Some(limit), follow: true }).unwrap_or_default();
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(client("sending"))?;
-    let protocol = |message: String| ControlError::Protocol {
-        path: path.to_path_buf(),
-        message,
-    };
+    let protocol = |message: String| ControlError::Protocol { path: path.to_path_buf(), message };
     let mut lines = std::io::BufReader::new(stream).lines();
     let first = lines.next().ok_or_else(|| protocol("no answer".into()))?.map_err(client("reading"))?;
     let response: Response = serde_json::from_str(&first).map_err(|e| protocol(e.to_string()))?;
@@ -335,31 +312,20 @@ pub fn follow_events(path: &Path, limit: usize, mut each: impl FnMut(&Event)) ->
     Ok(())
 }
 
-
 /// Sends one request and returns the agent's response (blocking).
 pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
     use std::io::{BufRead as _, Write as _};
-    let client = |what| {
-        move |source| ControlError::Client {
-            path: path.to_path_buf(),
-            what,
-            source,
-        }
-    };
+    let client = |what| move |source| ControlError::Client { path: path.to_path_buf(), what, source };
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(client("connecting"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(client("setting a timeout"))?;
-    let mut line = serde_json::to_string(request).map_err(|e| ControlError::Protocol {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let mut line = serde_json::to_string(request)
+        .map_err(|e| ControlError::Protocol { path: path.to_path_buf(), message: e.to_string() })?;
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(client("sending"))?;
     let mut answer = String::new();
     std::io::BufReader::new(stream).read_line(&mut answer).map_err(client("reading the answer"))?;
-    serde_json::from_str(answer.trim_end()).map_err(|e| ControlError::Protocol {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    serde_json::from_str(answer.trim_end())
+        .map_err(|e| ControlError::Protocol { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// `2026-11-26T09:57:49.197Z` (UTC) from Unix milliseconds.
@@ -376,13 +342,7 @@ pub fn format_unix_ms(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
 }
 
 /// `status` as a table for a terminal.
@@ -424,7 +384,13 @@ pub fn render_status(status: &Status, now_unix_ms: u64) -> String {
                     u.link.clone(),
                     format!("{} {}", u.gateway_ip, u.gateway),
                     u.gateway_mac.clone().unwrap_or_else(|| "-".into()),
-                    if u.healthy { "healthy".into() } else if u.flapping { "flapping".into() } else { "faulty".into() },
+                    if u.healthy {
+                        "healthy".into()
+                    } else if u.flapping {
+                        "flapping".into()
+                    } else {
+                        "faulty".into()
+                    },
                     format!("{}/{}", u.replies, u.probes_sent),
                     u.replies_rejected.to_string(),
                 ]
@@ -476,14 +442,7 @@ mod tests {
     #[test]
     fn requests_parse_and_bad_ones_are_named() {
         let r: Request = serde_json::from_str(r#"{"request":"switch","group":"ext","uplink":"standby"}"#).unwrap();
-        assert_eq!(
-            r,
-            Request::Switch {
-                group: "ext".into(),
-                uplink: "standby".into(),
-                force: false
-            }
-        );
+        assert_eq!(r, Request::Switch { group: "ext".into(), uplink: "standby".into(), force: false });
         assert_eq!(serde_json::from_str::<Request>(r#"{"request":"status"}"#).unwrap(), Request::Status);
         let e = serde_json::from_str::<Request>(r#"{"request":"reboot"}"#).unwrap_err().to_string();
         assert!(e.contains("reboot"), "{e}");
@@ -500,11 +459,7 @@ mod tests {
                 bridge: "br-ext".into(),
                 active: Some("standby".into()),
                 operator_hold: false,
-                ovs: Some(OvsStatus {
-                    reachable: true,
-                    rules_in_place: true,
-                    last_error: None,
-                }),
+                ovs: Some(OvsStatus { reachable: true, rules_in_place: true, last_error: None }),
                 last_switchover: Some(SwitchoverStatus {
                     from: Some("primary".into()),
                     to: "standby".into(),
@@ -546,7 +501,10 @@ mod tests {
         };
         let text = render_status(&status, 61_000);
         assert!(text.contains("group ext (bridge br-ext)  active: standby  [OVS rules in place]"), "{text}");
-        assert!(text.contains("last switchover: primary -> standby (nic_fault), 60 s ago, map updated in 42 us"), "{text}");
+        assert!(
+            text.contains("last switchover: primary -> standby (nic_fault), 60 s ago, map updated in 42 us"),
+            "{text}"
+        );
         assert!(text.contains("* standby"), "{text}");
         assert!(text.contains("9/10"), "{text}");
         assert!(text.contains("! replace NIC of uplink primary (eth1) in group ext (for 60 s)"), "{text}");

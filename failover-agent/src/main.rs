@@ -144,20 +144,11 @@ fn main() -> ExitCode {
                 print!("{}", control::render_status(&status, now_ms()));
             }
         }),
-        Command::Switch {
-            group,
-            uplink,
-            force,
-            config,
-        } => ask(&config, &Request::Switch { group, uplink, force }).map(|r| {
-            println!("{}", r.message.unwrap_or_default());
-        }),
-        Command::Events {
-            config,
-            limit,
-            follow,
-            json,
-        } => {
+        Command::Switch { group, uplink, force, config } => ask(&config, &Request::Switch { group, uplink, force })
+            .map(|r| {
+                println!("{}", r.message.unwrap_or_default());
+            }),
+        Command::Events { config, limit, follow, json } => {
             let print = |e: &control::Event| {
                 if json {
                     println!("{}", serde_json::to_string(e).unwrap_or_default());

@@ -83,22 +83,38 @@ impl Metrics {
         Self {
             active_uplink: gauge("failover_active_uplink", "1 for the group's active uplink, else 0", GU),
             uplink_carrier_up: gauge("failover_uplink_carrier_up", "1 while the uplink's link is up with carrier", GU),
-            gateway_reachable: gauge("failover_gateway_reachable", "1 while the uplink's gateway answers its probes", GU),
+            gateway_reachable: gauge(
+                "failover_gateway_reachable",
+                "1 while the uplink's gateway answers its probes",
+                GU,
+            ),
             alarm: gauge(
                 "failover_alarm",
                 "1 while a part of an uplink needs replacing (part: nic or gateway)",
                 &["group", "uplink", "part"],
             ),
-            no_healthy_uplink: gauge("failover_no_healthy_uplink", "1 while no uplink of the group is healthy", &["group"]),
+            no_healthy_uplink: gauge(
+                "failover_no_healthy_uplink",
+                "1 while no uplink of the group is healthy",
+                &["group"],
+            ),
             flapping: gauge("failover_flapping", "1 while an uplink of the group is flapping", &["group"]),
             ovs_reachable,
-            ovs_bridge_reachable: gauge("failover_ovs_bridge_reachable", "1 while the bridge answers over OpenFlow", &["bridge"]),
+            ovs_bridge_reachable: gauge(
+                "failover_ovs_bridge_reachable",
+                "1 while the bridge answers over OpenFlow",
+                &["bridge"],
+            ),
             switchovers: counter(
                 "failover_switchovers_total",
                 "Switchovers of the active uplink",
                 &["group", "from", "to", "reason"],
             ),
-            probes_sent: counter("failover_probes_sent_total", "Probes (ARP requests or neighbor solicitations) sent", GU),
+            probes_sent: counter(
+                "failover_probes_sent_total",
+                "Probes (ARP requests or neighbor solicitations) sent",
+                GU,
+            ),
             probe_replies: counter("failover_probe_replies_total", "Valid probe replies counted by the datapath", GU),
             probe_replies_rejected: counter(
                 "failover_probe_replies_rejected_total",

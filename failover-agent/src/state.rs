@@ -52,10 +52,7 @@ pub enum StateError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
-    move |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| StateError::Io { path: path.to_path_buf(), source }
 }
 
 /// Reads the state; `Ok(None)` when there is none yet.
@@ -66,10 +63,8 @@ pub fn load(state_dir: &Path) -> Result<Option<State>, StateError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(&path)(e)),
     };
-    let state: State = serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let state: State =
+        serde_json::from_str(&text).map_err(|e| StateError::Corrupt { path: path.clone(), message: e.to_string() })?;
     if state.version != VERSION {
         return Err(StateError::Corrupt {
             path,
@@ -85,14 +80,8 @@ pub fn save(state_dir: &Path, state: &State) -> Result<(), StateError> {
     fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let path = state_dir.join(STATE_FILE);
     let tmp = state_dir.join(format!(".{STATE_FILE}.tmp"));
-    let mut body = serde_json::to_vec_pretty(&State {
-        version: VERSION,
-        ..state.clone()
-    })
-    .map_err(|e| StateError::Corrupt {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let mut body = serde_json::to_vec_pretty(&State { version: VERSION, ..state.clone() })
+        .map_err(|e| StateError::Corrupt { path: path.clone(), message: e.to_string() })?;
     body.push(b'\n');
     let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(&body).map_err(io(&tmp))?;

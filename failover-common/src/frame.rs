@@ -253,9 +253,7 @@ pub fn classify_ingress<F: Frame + ?Sized>(f: &F, cfg: &UplinkConfig) -> Ingress
     if cfg.gateway_mac_known() && !mac_eq(&sender_mac, &cfg.gateway_mac) {
         return Ingress::Rejected(Reject::SenderMac);
     }
-    Ingress::ValidReply {
-        gateway_mac: sender_mac,
-    }
+    Ingress::ValidReply { gateway_mac: sender_mac }
 }
 
 /// What the TC egress program does with a frame leaving an uplink.
@@ -269,10 +267,7 @@ pub enum Egress {
     /// to the active one too), and unicast there when not redirecting.
     Drop,
     /// Move to the active uplink, with the destination MAC rewritten if set.
-    Redirect {
-        ifindex: u32,
-        new_dst: Option<[u8; 6]>,
-    },
+    Redirect { ifindex: u32, new_dst: Option<[u8; 6]> },
 }
 
 /// The egress decision for a non-probe frame with destination `dst` leaving
@@ -297,10 +292,9 @@ pub fn egress_action(ifindex: u32, dst: &[u8; 6], group: &GroupState) -> Egress 
     match (active, new_dst) {
         (true, None) => Egress::Pass,
         (true, Some(mac)) => Egress::Rewrite(mac),
-        (false, new_dst) if group.flags & GROUP_REDIRECT_INACTIVE != 0 => Egress::Redirect {
-            ifindex: group.active_ifindex,
-            new_dst,
-        },
+        (false, new_dst) if group.flags & GROUP_REDIRECT_INACTIVE != 0 => {
+            Egress::Redirect { ifindex: group.active_ifindex, new_dst }
+        }
         (false, _) => Egress::Drop,
     }
 }
@@ -405,11 +399,7 @@ pub fn build_ndp(buf: &mut [u8], eth: &EthHeader, ndp: &Ndp) -> Option<usize> {
     put(buf, icmp, &[ndp.icmp_type, 0, 0, 0, ndp.flags, 0, 0, 0])?;
     put(buf, icmp + 8, &ndp.target)?;
     if let Some(mac) = ndp.lladdr {
-        let opt = if ndp.icmp_type == ICMPV6_NS {
-            NDP_OPT_SLLA
-        } else {
-            NDP_OPT_TLLA
-        };
+        let opt = if ndp.icmp_type == ICMPV6_NS { NDP_OPT_SLLA } else { NDP_OPT_TLLA };
         put(buf, icmp + NA_LEN, &[opt, 1])?;
         put(buf, icmp + NA_LEN + 2, &mac)?;
     }

@@ -37,28 +37,13 @@ pub fn cfg4() -> UplinkConfig {
 }
 
 fn cfg6() -> UplinkConfig {
-    UplinkConfig {
-        gateway_ip: GW6,
-        probe_source: PROBE6,
-        family: FAMILY_IPV6,
-        ..cfg4()
-    }
+    UplinkConfig { gateway_ip: GW6, probe_source: PROBE6, family: FAMILY_IPV6, ..cfg4() }
 }
 
 fn arp_reply() -> (EthHeader, Arp) {
     (
-        EthHeader {
-            dst: OWN_MAC,
-            src: GW_MAC,
-            vlan: 0,
-        },
-        Arp {
-            op: ARP_OP_REPLY,
-            sha: GW_MAC,
-            spa: GW_IP,
-            tha: OWN_MAC,
-            tpa: PROBE_IP,
-        },
+        EthHeader { dst: OWN_MAC, src: GW_MAC, vlan: 0 },
+        Arp { op: ARP_OP_REPLY, sha: GW_MAC, spa: GW_IP, tha: OWN_MAC, tpa: PROBE_IP },
     )
 }
 
@@ -76,11 +61,7 @@ fn na(eth: EthHeader, n: Ndp) -> Vec<u8> {
 
 fn na_reply() -> (EthHeader, Ndp) {
     (
-        EthHeader {
-            dst: OWN_MAC,
-            src: GW_MAC,
-            vlan: 0,
-        },
+        EthHeader { dst: OWN_MAC, src: GW_MAC, vlan: 0 },
         Ndp {
             icmp_type: ICMPV6_NA,
             flags: NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE,
@@ -97,9 +78,7 @@ fn classify(frame: &[u8], cfg: &UplinkConfig) -> Ingress {
     classify_ingress(frame, cfg)
 }
 
-const VALID: Ingress = Ingress::ValidReply {
-    gateway_mac: GW_MAC,
-};
+const VALID: Ingress = Ingress::ValidReply { gateway_mac: GW_MAC };
 
 #[test]
 fn valid_arp_reply_is_counted() {
@@ -143,11 +122,7 @@ fn vlan_tagged_reply_must_match_uplink_vlan() {
     assert_eq!(classify(&frame, &cfg), Ingress::Rejected(Reject::Vlan));
     let (e, a) = arp_reply();
     cfg.vlan = 100;
-    assert_eq!(
-        classify(&arp(e, a), &cfg),
-        Ingress::Rejected(Reject::Vlan),
-        "untagged reply on a tagged uplink"
-    );
+    assert_eq!(classify(&arp(e, a), &cfg), Ingress::Rejected(Reject::Vlan), "untagged reply on a tagged uplink");
 }
 
 #[test]
@@ -322,11 +297,7 @@ fn ndp_checksum_matches_reference() {
         lladdr: Some(OWN_MAC),
         hop_limit: 255,
     };
-    let eth = EthHeader {
-        dst: ipv6_multicast_mac(&solicited_node(&GW6)),
-        src: OWN_MAC,
-        vlan: 0,
-    };
+    let eth = EthHeader { dst: ipv6_multicast_mac(&solicited_node(&GW6)), src: OWN_MAC, vlan: 0 };
     let frame = na(eth, ns);
     let icmp = &frame[ETH_HLEN + IPV6_HLEN..];
     // Summing a packet with its checksum in place gives 0xffff (complement 0).
@@ -347,10 +318,7 @@ fn every_truncation_of_a_valid_reply_is_malformed_or_ignored() {
     for (frame, cfg) in [(arp_frame, cfg4()), (na_frame, cfg6())] {
         for len in 0..frame.len() {
             let got = classify(&frame[..len], &cfg);
-            assert!(
-                matches!(got, Ingress::Malformed | Ingress::Other),
-                "length {len}: {got:?}"
-            );
+            assert!(matches!(got, Ingress::Malformed | Ingress::Other), "length {len}: {got:?}");
             if len < ETH_HLEN {
                 assert_eq!(got, Ingress::Malformed, "length {len}");
             }
@@ -382,20 +350,8 @@ fn egress_on_active_uplink_passes_or_rewrites() {
 #[test]
 fn egress_on_inactive_uplink_redirects_or_drops() {
     let g = group(2);
-    assert_eq!(
-        egress_action(1, &GW_MAC, &g),
-        Egress::Redirect {
-            ifindex: 2,
-            new_dst: Some(GW2_MAC)
-        }
-    );
-    assert_eq!(
-        egress_action(1, &ROGUE_MAC, &g),
-        Egress::Redirect {
-            ifindex: 2,
-            new_dst: None
-        }
-    );
+    assert_eq!(egress_action(1, &GW_MAC, &g), Egress::Redirect { ifindex: 2, new_dst: Some(GW2_MAC) });
+    assert_eq!(egress_action(1, &ROGUE_MAC, &g), Egress::Redirect { ifindex: 2, new_dst: None });
     assert_eq!(egress_action(1, &BROADCAST_MAC, &g), Egress::Drop);
     assert_eq!(egress_action(1, &[0x33, 0x33, 0, 0, 0, 1], &g), Egress::Drop);
 }

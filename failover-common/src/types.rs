@@ -177,8 +177,7 @@ impl GroupState {
     pub fn is_gateway_mac(&self, mac: &[u8; 6]) -> bool {
         let mut i = 0;
         while i < MAX_GROUP_UPLINKS {
-            if (i as u32) < self.gateway_count && crate::frame::mac_eq(&self.gateway_macs[i], mac)
-            {
+            if (i as u32) < self.gateway_count && crate::frame::mac_eq(&self.gateway_macs[i], mac) {
                 return true;
             }
             i += 1;

@@ -47,14 +47,7 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        Self {
-            ipv6: false,
-            probe_interval_ms: 20,
-            down_after: 3,
-            up_after: 3,
-            failback: "never",
-            hold_down_ms: 1000,
-        }
+        Self { ipv6: false, probe_interval_ms: 20, down_after: 3, up_after: 3, failback: "never", hold_down_ms: 1000 }
     }
 }
 
@@ -226,16 +219,7 @@ impl AgentLab {
         vm.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"]);
         let dir = std::env::temp_dir().join(unique_name("lab"));
         fs::create_dir_all(&dir).expect("lab directory");
-        Self {
-            host,
-            gw1,
-            gw2,
-            vm,
-            pins: PinDir::new(),
-            dir,
-            options,
-            starts: 0,
-        }
+        Self { host, gw1, gw2, vm, pins: PinDir::new(), dir, options, starts: 0 }
     }
 
     pub fn config_path(&self) -> PathBuf {

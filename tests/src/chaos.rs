@@ -100,24 +100,14 @@ struct Change {
 /// Runs the chaos; a run with violations still returns Ok (the report says).
 pub fn run(o: &ChaosOptions) -> Result<ChaosReport, String> {
     let mut rng = Rng(o.seed.max(1));
-    let mut lab = OvsLab::up(LabSpec {
-        probe_interval_ms: 20,
-        ..LabSpec::named(&o.name)
-    })?;
+    let mut lab = OvsLab::up(LabSpec { probe_interval_ms: 20, ..LabSpec::named(&o.name) })?;
     let mut agent: Option<AgentProcess> = Some(lab.start_agent());
     lab.wait_ready();
     let traffic = lab.gateway_traffic(77, o.rate);
-    let mut report = ChaosReport {
-        seed: o.seed,
-        ..ChaosReport::default()
-    };
+    let mut report = ChaosReport { seed: o.seed, ..ChaosReport::default() };
     let start = Instant::now();
     let mut world = World::default();
-    let mut changes = vec![Change {
-        at_ms: now_ms(),
-        world,
-        grace_ms: 0.0,
-    }];
+    let mut changes = vec![Change { at_ms: now_ms(), world, grace_ms: 0.0 }];
     let log = |what: String, report: &mut ChaosReport| {
         let line = format!("{:7.2} s  {what}", start.elapsed().as_secs_f64());
         eprintln!("[chaos] {line}");
@@ -176,20 +166,12 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosReport, String> {
             }
             _ => {
                 let to = if k == 0 { "primary" } else { "standby" };
-                let r = lab.ask(&Request::Switch {
-                    group: "ext".into(),
-                    uplink: to.into(),
-                    force: false,
-                });
+                let r = lab.ask(&Request::Switch { group: "ext".into(), uplink: to.into(), force: false });
                 format!("forced switch to {to}: {}", if r.ok { "done" } else { "refused (unhealthy)" })
             }
         };
         log(what, &mut report);
-        changes.push(Change {
-            at_ms: now_ms(),
-            world,
-            grace_ms: grace,
-        });
+        changes.push(Change { at_ms: now_ms(), world, grace_ms: grace });
         std::thread::sleep(Duration::from_millis(800 + rng.below(1200)));
     }
     let r = traffic.finish_raw();
@@ -263,19 +245,11 @@ mod tests {
     use super::*;
 
     fn arrival(seq: u64, ms: f64, receiver: usize) -> Arrival {
-        Arrival {
-            seq,
-            at: Duration::from_secs_f64(ms / 1e3),
-            receiver,
-        }
+        Arrival { seq, at: Duration::from_secs_f64(ms / 1e3), receiver }
     }
 
     fn change(at_ms: f64, world: World) -> Change {
-        Change {
-            at_ms,
-            world,
-            grace_ms: 0.0,
-        }
+        Change { at_ms, world, grace_ms: 0.0 }
     }
 
     /// Steady traffic on receiver 0 from 0 to `until` ms, one per ms, but for `gap`.
@@ -294,12 +268,13 @@ mod tests {
     #[test]
     fn a_gap_right_after_a_change_or_with_nothing_healthy_is_not() {
         let mut r = ChaosReport::default();
-        check_traffic(&steady(3000, 1000..1500), &[change(0.0, World::default()), change(900.0, World::default())], &mut r);
+        check_traffic(
+            &steady(3000, 1000..1500),
+            &[change(0.0, World::default()), change(900.0, World::default())],
+            &mut r,
+        );
         assert!(r.violations.is_empty(), "{:?}", r.violations);
-        let dead = World {
-            link_down: [true, true],
-            gateway_silent: [false, false],
-        };
+        let dead = World { link_down: [true, true], gateway_silent: [false, false] };
         let mut r = ChaosReport::default();
         check_traffic(&steady(3000, 1000..1500), &[change(0.0, World::default()), change(100.0, dead)], &mut r);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
@@ -320,10 +295,7 @@ mod tests {
 
     #[test]
     fn expected_alarms_follow_the_faults() {
-        let w = World {
-            link_down: [true, false],
-            gateway_silent: [true, true],
-        };
+        let w = World { link_down: [true, false], gateway_silent: [true, true] };
         let want: BTreeSet<(String, String)> =
             [("nic".to_string(), "primary".to_string()), ("gateway".to_string(), "standby".to_string())].into();
         assert_eq!(w.expected_alarms(), want);

@@ -91,14 +91,17 @@ impl TwoUplinks {
         host.veth("up1", UP1_MAC, &gw1_ns, "gw1", GW1_MAC);
         host.veth("up2", UP2_MAC, &gw2_ns, "gw2", GW2_MAC);
         let pins = PinDir::new();
-        let opts = DatapathOptions {
-            pin_dir: pins.path().to_path_buf(),
-            xdp_mode: mode,
-        };
+        let opts = DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: mode };
         let (dp, up1, up2, bridge1, bridge2) = host.run(|| {
             let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
-            assert_eq!(dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("setting up the lab"), AttachOutcome::Attached);
-            assert_eq!(dp.attach_uplink("up2", &uplink(1, UP2_MAC)).expect("setting up the lab"), AttachOutcome::Attached);
+            assert_eq!(
+                dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("setting up the lab"),
+                AttachOutcome::Attached
+            );
+            assert_eq!(
+                dp.attach_uplink("up2", &uplink(1, UP2_MAC)).expect("setting up the lab"),
+                AttachOutcome::Attached
+            );
             let (up1, up2) = (ifindex("up1").expect("setting up the lab"), ifindex("up2").expect("setting up the lab"));
             dp.set_group(0, &group_state(up1, GW1_MAC)).expect("setting up the lab");
             (
@@ -111,19 +114,7 @@ impl TwoUplinks {
         });
         let gw1 = gw1_ns.run(|| PacketSocket::open("gw1").expect("setting up the lab"));
         let gw2 = gw2_ns.run(|| PacketSocket::open("gw2").expect("setting up the lab"));
-        Self {
-            host,
-            _gw1_ns: gw1_ns,
-            _gw2_ns: gw2_ns,
-            pins,
-            dp: Some(dp),
-            up1,
-            up2,
-            bridge1,
-            bridge2,
-            gw1,
-            gw2,
-        }
+        Self { host, _gw1_ns: gw1_ns, _gw2_ns: gw2_ns, pins, dp: Some(dp), up1, up2, bridge1, bridge2, gw1, gw2 }
     }
 
     pub fn dp(&mut self) -> &mut EbpfDatapath {

@@ -15,12 +15,7 @@ use crate::{owner_pid, pid_alive, unique_name};
 /// Runs `ip` with `args`; panics with its stderr if it fails.
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
 }
 
 static CLEAN_STALE: Once = Once::new();
@@ -136,13 +131,8 @@ impl Netns {
     }
 
     /// Starts `f` on a thread inside this namespace.
-    pub fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let ns = Self {
-            name: self.name.clone(),
-        };
+    pub fn spawn<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let ns = Self { name: self.name.clone() };
         std::thread::spawn(move || {
             ns.enter_current_thread();
             // The clone must not delete the namespace when it drops.
@@ -184,9 +174,7 @@ impl PinDir {
     pub fn new() -> Self {
         clean_stale();
         ensure_bpffs();
-        Self {
-            path: Path::new("/sys/fs/bpf").join(unique_name("pin")),
-        }
+        Self { path: Path::new("/sys/fs/bpf").join(unique_name("pin")) }
     }
 
     pub fn path(&self) -> &Path {
@@ -214,10 +202,7 @@ pub fn ensure_bpffs() {
     if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")) {
         return;
     }
-    let status = Command::new("mount")
-        .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-        .status()
-        .expect("running mount");
+    let status = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status().expect("running mount");
     assert!(status.success(), "mount -t bpf bpf /sys/fs/bpf failed");
 }
 
@@ -345,11 +330,7 @@ impl PacketSocket {
 
     /// Receives one frame, waiting at most `timeout`; `None` on timeout.
     pub fn recv(&self, timeout: Duration) -> io::Result<Option<Received>> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::poll(&raw mut pfd, 1, ms) };
@@ -361,10 +342,7 @@ impl PacketSocket {
         let mut cmsg = [0u64; 16];
         // SAFETY: plain data.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
         // SAFETY: plain data, filled below.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = (&raw mut from).cast();
@@ -381,11 +359,7 @@ impl PacketSocket {
         }
         buf.truncate(n.unsigned_abs());
         let at = receive_timestamp(&msg);
-        Ok(Some(Received {
-            frame: buf,
-            at,
-            outgoing: from.sll_pkttype == libc::PACKET_OUTGOING,
-        }))
+        Ok(Some(Received { frame: buf, at, outgoing: from.sll_pkttype == libc::PACKET_OUTGOING }))
     }
 
     /// Collects incoming frames that `keep` accepts until `window` passes.

@@ -169,7 +169,9 @@ pub fn down(spec: &LabSpec) -> Vec<String> {
         let prefix = format!("{}-", spec.name);
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if n.starts_with(&prefix) && Command::new("ip").args(["netns", "del", &n]).status().is_ok_and(|s| s.success()) {
+            if n.starts_with(&prefix)
+                && Command::new("ip").args(["netns", "del", &n]).status().is_ok_and(|s| s.success())
+            {
                 removed.push(format!("namespace {n}"));
             }
         }
@@ -193,7 +195,8 @@ pub fn status(spec: &LabSpec) -> String {
     }
     out += &format!("lab {}: namespaces {}\n", spec.name, namespaces.join(" "));
     for daemon in ["ovsdb-server", "ovs-vswitchd", "agent"] {
-        let pid = fs::read_to_string(spec.dir.join(format!("{daemon}.pid"))).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        let pid =
+            fs::read_to_string(spec.dir.join(format!("{daemon}.pid"))).ok().and_then(|s| s.trim().parse::<u32>().ok());
         let state = match pid {
             Some(p) if crate::pid_alive(p) => format!("running (pid {p})"),
             Some(_) => "dead".to_string(),
@@ -263,14 +266,7 @@ impl OvsLab {
         }
         offloads_off(&host, "up1");
         offloads_off(&host, "up2");
-        let lab = Self {
-            spec,
-            host,
-            gw1,
-            gw2,
-            vms,
-            starts: 0,
-        };
+        let lab = Self { spec, host, gw1, gw2, vms, starts: 0 };
         lab.start_ovsdb()?;
         lab.start_vswitchd()?;
         let mut add = vec!["--timeout=10", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev"];
@@ -484,20 +480,14 @@ impl OvsLab {
     pub fn gateway_traffic(&self, stream: u32, rate: u64) -> LabTraffic {
         let sinks = vec![udp::sink(&self.gw1, stream, 0), udp::sink(&self.gw2, stream, 1)];
         let to = SocketAddr::from(([192, 0, 2, 1], PORT));
-        LabTraffic {
-            sinks,
-            source: udp::source(&self.vms[0], to, stream, rate, rate * 120),
-        }
+        LabTraffic { sinks, source: udp::source(&self.vms[0], to, stream, rate, rate * 120) }
     }
 
     /// Traffic from VM 1 to VM 2.
     pub fn vm_traffic(&self, stream: u32, rate: u64) -> LabTraffic {
         let sinks = vec![udp::sink(&self.vms[1], stream, 0)];
         let to = SocketAddr::from((vm_ip(2), PORT));
-        LabTraffic {
-            sinks,
-            source: udp::source(&self.vms[0], to, stream, rate, rate * 120),
-        }
+        LabTraffic { sinks, source: udp::source(&self.vms[0], to, stream, rate, rate * 120) }
     }
 
     /// Cuts or restores uplink `n`'s link (1 or 2) from the gateway's end.

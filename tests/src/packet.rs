@@ -75,14 +75,7 @@ mod tests {
     #[test]
     fn test_frames_round_trip() {
         let f = test_frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2], [192, 0, 2, 10], [192, 0, 2, 1], 3, 77);
-        assert_eq!(
-            parse_test_frame(&f),
-            Some(TestFrame {
-                dst: [2, 0, 0, 0, 0, 1],
-                stream: 3,
-                seq: 77
-            })
-        );
+        assert_eq!(parse_test_frame(&f), Some(TestFrame { dst: [2, 0, 0, 0, 0, 1], stream: 3, seq: 77 }));
         assert_eq!(ipv4_checksum(&f[14..34]), 0, "header checksum verifies");
         assert_eq!(parse_test_frame(&f[..f.len() - 1]), None);
         let mut other = f.clone();

@@ -45,7 +45,10 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- prometheus log ---\n{}", std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default());
+            eprintln!(
+                "--- prometheus log ---\n{}",
+                std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+            );
         }
     }
 }
@@ -70,10 +73,7 @@ pub fn start(ns: &Netns, dir: &Path, target: &str) -> Prometheus {
         .stderr(std::fs::File::create(dir.join("prometheus.log")).expect("prometheus log"))
         .spawn()
         .expect("starting prometheus (Debian package prometheus)");
-    Prometheus {
-        child,
-        dir: dir.to_path_buf(),
-    }
+    Prometheus { child, dir: dir.to_path_buf() }
 }
 
 /// The alerts Prometheus reports: (name, state, labels).

@@ -104,10 +104,7 @@ impl Sink {
 fn recv_timestamped(sock: &UdpSocket) -> Option<(Vec<u8>, Duration)> {
     let mut buf = [0u8; 2048];
     let mut cmsg = [0u64; 16];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: plain data, filled below.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &raw mut iov;
@@ -203,15 +200,7 @@ pub fn report(sent: u64, receivers: usize, arrivals: &[Arrival]) -> Report {
     let mut times: Vec<Duration> = arrivals.iter().map(|a| a.at).collect();
     times.sort_unstable();
     let max_gap = times.windows(2).map(|w| w[1].saturating_sub(w[0])).max().unwrap_or_default();
-    Report {
-        sent,
-        received,
-        lost: sent - received,
-        duplicates,
-        max_gap,
-        per_receiver,
-        loss_runs,
-    }
+    Report { sent, received, lost: sent - received, duplicates, max_gap, per_receiver, loss_runs }
 }
 
 impl std::fmt::Display for Report {

@@ -153,11 +153,7 @@ fn forced_switches_lose_nothing_and_unhealthy_targets_need_force() {
     lab.wait_healthy();
     let traffic = lab.traffic(6, RATE);
     settle();
-    let switch = |uplink: &str, force| Request::Switch {
-        group: "ext".into(),
-        uplink: uplink.into(),
-        force,
-    };
+    let switch = |uplink: &str, force| Request::Switch { group: "ext".into(), uplink: uplink.into(), force };
     let r = lab.ask(&switch("standby", false));
     assert!(r.ok, "{r:?}");
     assert_eq!(active(&lab.status()), Some("standby"));
@@ -221,10 +217,7 @@ fn ipv6_gateways_are_probed_with_neighbor_solicitations() {
     if !privileged("ipv6_gateways_are_probed_with_neighbor_solicitations") {
         return;
     }
-    let mut lab = AgentLab::new(LabOptions {
-        ipv6: true,
-        ..LabOptions::default()
-    });
+    let mut lab = AgentLab::new(LabOptions { ipv6: true, ..LabOptions::default() });
     let _agent = lab.start_agent();
     let s = lab.wait_healthy();
     let primary = &s.groups[0].uplinks[0];

@@ -71,8 +71,15 @@ fn systemd_verifies_the_shipped_unit() {
     let (ok, out) = run(Command::new("cp").arg("-r").arg("/lib/systemd/system").arg(root.join("usr/lib/systemd/")));
     assert!(ok, "{out}");
     std::fs::copy(agent_binary(), root.join("usr/bin/failover-agent")).unwrap();
-    std::fs::copy(deploy().join("systemd/failover-agent.service"), root.join("etc/systemd/system/failover-agent.service")).unwrap();
-    let (ok, out) = run(Command::new("systemd-analyze").arg("verify").arg(format!("--root={}", root.display())).arg("failover-agent.service"));
+    std::fs::copy(
+        deploy().join("systemd/failover-agent.service"),
+        root.join("etc/systemd/system/failover-agent.service"),
+    )
+    .unwrap();
+    let (ok, out) = run(Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .arg("failover-agent.service"));
     let _ = std::fs::remove_dir_all(&root);
     assert!(ok && out.trim().is_empty(), "systemd-analyze verify: {out}");
 }
@@ -83,11 +90,7 @@ fn the_unit_runs_the_documented_commands_with_few_capabilities() {
     assert!(unit.contains("ExecStart=/usr/bin/failover-agent run --config /etc/failover-agent/failover-agent.toml"));
     assert!(unit.contains("Restart=on-failure"));
     assert!(unit.contains("RestartPreventExitStatus=2"), "a bad config is not retried");
-    let caps: Vec<&str> = unit
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .unwrap()
-        .split_whitespace()
-        .collect();
+    let caps: Vec<&str> =
+        unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).unwrap().split_whitespace().collect();
     assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW"]);
 }

@@ -29,12 +29,20 @@ fn a_bad_configuration_on_reload_is_refused_and_a_good_one_applied_without_a_fli
     let mut lab = AgentLab::new(LabOptions::default());
     let agent = lab.start_agent();
     lab.wait_healthy();
-    assert!(lab.ask(&failover_agent::control::Request::Switch { group: "ext".into(), uplink: "standby".into(), force: false }).ok);
+    assert!(
+        lab.ask(&failover_agent::control::Request::Switch {
+            group: "ext".into(),
+            uplink: "standby".into(),
+            force: false
+        })
+        .ok
+    );
     let good = std::fs::read_to_string(lab.config_path()).unwrap();
 
     std::fs::write(lab.config_path(), good.replace("probe_interval_ms = 20", "probe_interval_ms = 0")).unwrap();
     sighup(agent.pid());
-    let events = || lab.ask(&failover_agent::control::Request::Events { limit: Some(50), follow: false }).events.unwrap();
+    let events =
+        || lab.ask(&failover_agent::control::Request::Events { limit: Some(50), follow: false }).events.unwrap();
     let deadline = Instant::now() + WAIT;
     while !events().iter().any(|e| e.message.contains("reload refused")) {
         assert!(Instant::now() < deadline, "no refusal event: {:?}", events());
@@ -97,7 +105,9 @@ fn abusive_control_clients_get_errors_and_block_nobody() {
     let status = lab.status();
     assert!(started.elapsed() < Duration::from_millis(500), "status took {:?}", started.elapsed());
     assert_eq!(status.groups[0].active.as_deref(), Some("primary"));
-    let mode = std::fs::metadata(lab.socket_path()).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777).unwrap();
+    let mode = std::fs::metadata(lab.socket_path())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
     assert_eq!(mode, 0o600, "only its owner (root) may use the socket");
 }
 
@@ -126,7 +136,8 @@ fn pins_removed_by_hand_are_put_back_and_the_programs_reattached() {
     }
     // Still working: the standby is watched again and a fault still moves traffic.
     lab.wait_healthy();
-    let out = std::process::Command::new("ip").args(["-n", lab.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
+    let out =
+        std::process::Command::new("ip").args(["-n", lab.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("xdp"), "XDP attached again to up2");
     lab.set_link(1, false);
     lab.wait_for("switch to the standby", WAIT, |s| s.groups[0].active.as_deref() == Some("standby"));
@@ -139,14 +150,12 @@ fn a_starved_agent_does_not_fail_over_falsely() {
     if !privileged("a_starved_agent_does_not_fail_over_falsely") {
         return;
     }
-    let mut lab = AgentLab::new(LabOptions {
-        probe_interval_ms: 100,
-        ..LabOptions::default()
-    });
+    let mut lab = AgentLab::new(LabOptions { probe_interval_ms: 100, ..LabOptions::default() });
     let agent = lab.start_agent();
     lab.wait_healthy();
     // Lowest priority for the agent; both cores busy at normal priority.
-    let renice = std::process::Command::new("renice").args(["-n", "19", "-p", &agent.pid().to_string()]).output().unwrap();
+    let renice =
+        std::process::Command::new("renice").args(["-n", "19", "-p", &agent.pid().to_string()]).output().unwrap();
     assert!(renice.status.success(), "{}", String::from_utf8_lossy(&renice.stderr));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let burners: Vec<_> = (0..2)
@@ -175,7 +184,9 @@ fn a_starved_agent_does_not_fail_over_falsely() {
     for b in burners {
         b.join().unwrap();
     }
-    eprintln!("starved agent (nice 19, both cores busy, 100 ms probes): no false failover; slowest status answer {worst:?}");
+    eprintln!(
+        "starved agent (nice 19, both cores busy, 100 ms probes): no false failover; slowest status answer {worst:?}"
+    );
     let s = lab.status();
     assert_eq!(s.groups[0].last_switchover.as_ref().unwrap().reason, "startup");
 }
@@ -183,7 +194,8 @@ fn a_starved_agent_does_not_fail_over_falsely() {
 fn forged_reply(dst: [u8; 6], src: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
     use failover_common::frame::{ARP_OP_REPLY, Arp, EthHeader, build_arp};
     let mut buf = [0u8; 64];
-    let n = build_arp(&mut buf, &EthHeader { dst, src, vlan: 0 }, &Arp { op: ARP_OP_REPLY, sha: src, spa, tha, tpa }).unwrap();
+    let n = build_arp(&mut buf, &EthHeader { dst, src, vlan: 0 }, &Arp { op: ARP_OP_REPLY, sha: src, spa, tha, tpa })
+        .unwrap();
     buf[..n].to_vec()
 }
 
@@ -208,7 +220,7 @@ fn spoofed_replies_keep_no_dead_gateway_alive() {
     let seg2 = lab.gw2.run(|| PacketSocket::open("gw2").unwrap());
     let vm = lab.vm.run(|| PacketSocket::open("eth0").unwrap());
     let forged_seg1 = [
-        forged_reply(UP1_MAC, ROGUE, GW, UP1_MAC, PROBE),            // another MAC than the gateway's
+        forged_reply(UP1_MAC, ROGUE, GW, UP1_MAC, PROBE), // another MAC than the gateway's
         forged_reply(UP1_MAC, GW1_MAC, GW, UP1_MAC, [192, 0, 2, 77]), // aimed at another target
         forged_reply(UP1_MAC, GW1_MAC, [192, 0, 2, 2], UP1_MAC, PROBE), // another sender address
     ];
@@ -229,7 +241,8 @@ fn spoofed_replies_keep_no_dead_gateway_alive() {
         }
     });
     let s = lab.wait_for("the dead gateway found dead despite the spoofers", WAIT, |s| {
-        s.groups[0].active.as_deref() == Some("standby") && s.alarms.iter().any(|a| a.kind == "gateway" && a.uplink.as_deref() == Some("primary"))
+        s.groups[0].active.as_deref() == Some("standby")
+            && s.alarms.iter().any(|a| a.kind == "gateway" && a.uplink.as_deref() == Some("primary"))
     });
     std::thread::sleep(Duration::from_secs(2));
     let after = lab.status();
@@ -240,8 +253,16 @@ fn spoofed_replies_keep_no_dead_gateway_alive() {
     assert_eq!(primary.gateway_mac.as_deref(), Some("02:fa:00:00:0a:01"), "the rogue's MAC was not learned");
     assert!(after.alarms.iter().any(|a| a.kind == "gateway" && a.uplink.as_deref() == Some("primary")));
     let rejected = |s: &failover_agent::control::Status, u: usize| s.groups[0].uplinks[u].replies_rejected;
-    assert!(rejected(&after, 0) > rejected(&before, 0) + 100, "spoofs counted as rejected on the primary: {}", rejected(&after, 0));
-    assert!(rejected(&after, 1) > rejected(&before, 1) + 100, "misdirected replies counted on the standby: {}", rejected(&after, 1));
+    assert!(
+        rejected(&after, 0) > rejected(&before, 0) + 100,
+        "spoofs counted as rejected on the primary: {}",
+        rejected(&after, 0)
+    );
+    assert!(
+        rejected(&after, 1) > rejected(&before, 1) + 100,
+        "misdirected replies counted on the standby: {}",
+        rejected(&after, 1)
+    );
     assert!(after.groups[0].uplinks[1].healthy, "the standby's real gateway still counts");
     assert_eq!(s.groups[0].last_switchover.as_ref().unwrap().reason, "gateway_silent");
 }
@@ -268,7 +289,12 @@ fn sigkill_in_the_middle_of_a_switchover_leaves_a_consistent_state() {
             s.groups[0].active.as_deref() == Some(want) && s.alarms.iter().any(|a| a.kind == "nic")
         });
         let nic: Vec<_> = s.alarms.iter().filter(|a| a.kind == "nic").filter_map(|a| a.uplink.clone()).collect();
-        assert_eq!(nic, vec![if active == 1 { "primary" } else { "standby" }.to_string()], "round {round}: {:?}", s.alarms);
+        assert_eq!(
+            nic,
+            vec![if active == 1 { "primary" } else { "standby" }.to_string()],
+            "round {round}: {:?}",
+            s.alarms
+        );
         lab.set_link(active, true);
         lab.wait_healthy();
         lab.wait_for("alarms cleared", WAIT, |s| s.alarms.is_empty());
@@ -292,7 +318,8 @@ fn an_uplink_deleted_and_recreated_at_run_time_is_attached_and_relearned() {
     lab.gw2.ip(&["addr", "add", "192.0.2.1/24", "dev", "gw2"]);
     let s = lab.wait_for("standby back", WAIT, |s| s.groups[0].uplinks[1].healthy && s.alarms.is_empty());
     assert!(s.groups[0].uplinks[1].replies > 0);
-    let out = std::process::Command::new("ip").args(["-n", lab.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
+    let out =
+        std::process::Command::new("ip").args(["-n", lab.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("xdp"), "programs attached to the new up2");
     // It works: a fault on the primary moves traffic to the re-created standby.
     lab.set_link(1, false);

@@ -18,10 +18,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 fn lab() -> OvsLab {
     let name = unique_name("ovs");
-    let spec = LabSpec {
-        dir: std::env::temp_dir().join(&name),
-        ..LabSpec::named(&name)
-    };
+    let spec = LabSpec { dir: std::env::temp_dir().join(&name), ..LabSpec::named(&name) };
     OvsLab::up(spec).expect("lab up")
 }
 
@@ -155,7 +152,9 @@ fn step4_a_recovered_gateway_clears_and_a_forced_switch_back_loses_nothing() {
     lab.silence_gateway(1);
     lab.wait_for("switch to the standby", WAIT, |s| active(s) == Some("standby"));
     lab.revive_gateway(1);
-    let s = lab.wait_for("gateway alarm cleared", WAIT, |s| !has_alarm(s, "gateway", Some("primary")) && s.groups[0].uplinks[0].healthy);
+    let s = lab.wait_for("gateway alarm cleared", WAIT, |s| {
+        !has_alarm(s, "gateway", Some("primary")) && s.groups[0].uplinks[0].healthy
+    });
     assert_eq!(active(&s), Some("standby"));
     let t = lab.gateway_traffic(4, RATE);
     settle();
@@ -294,7 +293,10 @@ fn uninstall_removes_the_datapath_the_rules_and_the_state() {
     assert!(!lab.spec.pin_dir().exists(), "pins removed");
     assert!(!lab.spec.dir.join("state/state.json").exists(), "state removed");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("detached") && stdout.contains("removed the agent's rules of group ext from br-ext"), "{stdout}");
+    assert!(
+        stdout.contains("detached") && stdout.contains("removed the agent's rules of group ext from br-ext"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -303,12 +305,9 @@ fn gateways_sharing_a_mac_fail_over_too() {
         return;
     }
     let name = unique_name("ovs");
-    let mut lab = OvsLab::up(LabSpec {
-        dir: std::env::temp_dir().join(&name),
-        shared_mac: true,
-        ..LabSpec::named(&name)
-    })
-    .expect("lab up");
+    let mut lab =
+        OvsLab::up(LabSpec { dir: std::env::temp_dir().join(&name), shared_mac: true, ..LabSpec::named(&name) })
+            .expect("lab up");
     let _agent = lab.start_agent();
     lab.wait_ready();
     let t = lab.gateway_traffic(8, RATE);

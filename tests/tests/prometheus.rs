@@ -24,7 +24,9 @@ const NIC_FOR: Duration = Duration::from_secs(10);
 fn nic_alert_firing(ns: &Netns) -> Option<serde_json::Value> {
     alerts(ns)
         .into_iter()
-        .find(|(name, state, labels)| name == "FailoverReplaceNIC" && state == "firing" && labels["uplink"] == "primary")
+        .find(|(name, state, labels)| {
+            name == "FailoverReplaceNIC" && state == "firing" && labels["uplink"] == "primary"
+        })
         .map(|(_, _, labels)| labels)
 }
 
@@ -86,7 +88,11 @@ fn a_nic_fault_fires_its_alert_in_prometheus_and_recovery_resolves_it() {
         if let Some(l) = nic_alert_firing(&lab.host) {
             break l;
         }
-        assert!(fault.elapsed() < bound + Duration::from_secs(5), "FailoverReplaceNIC did not fire: {:?}", alerts(&lab.host));
+        assert!(
+            fault.elapsed() < bound + Duration::from_secs(5),
+            "FailoverReplaceNIC did not fire: {:?}",
+            alerts(&lab.host)
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let fired = fault.elapsed();

@@ -71,13 +71,7 @@ fn arp_frame(eth: EthHeader, arp: Arp) -> Vec<u8> {
 fn probe(own: [u8; 6], gw: [u8; 6]) -> Vec<u8> {
     arp_frame(
         EthHeader { dst: gw, src: own, vlan: 0 },
-        Arp {
-            op: ARP_OP_REQUEST,
-            sha: own,
-            spa: PROBE_IP,
-            tha: [0; 6],
-            tpa: GW_IP,
-        },
+        Arp { op: ARP_OP_REQUEST, sha: own, spa: PROBE_IP, tha: [0; 6], tpa: GW_IP },
     )
 }
 
@@ -154,18 +148,8 @@ fn inactive_uplink_ingress_is_dropped_and_replies_are_consumed() {
 
     // The standby gateway's reply to a probe is counted and consumed.
     let reply = arp_frame(
-        EthHeader {
-            dst: UP2_MAC,
-            src: GW2_MAC,
-            vlan: 0,
-        },
-        Arp {
-            op: ARP_OP_REPLY,
-            sha: GW2_MAC,
-            spa: GW_IP,
-            tha: UP2_MAC,
-            tpa: PROBE_IP,
-        },
+        EthHeader { dst: UP2_MAC, src: GW2_MAC, vlan: 0 },
+        Arp { op: ARP_OP_REPLY, sha: GW2_MAC, spa: GW_IP, tha: UP2_MAC, tpa: PROBE_IP },
     );
     // Unsolicited first: no probe went out, so it does not count.
     t.gw2.send(&reply).unwrap();
@@ -203,10 +187,7 @@ fn reloading_reuses_the_pins_and_loses_nothing() {
         return;
     }
     let mut t = TwoUplinks::new(XdpAttachMode::Native);
-    let opts = DatapathOptions {
-        pin_dir: t.pins.path().to_path_buf(),
-        xdp_mode: XdpAttachMode::Native,
-    };
+    let opts = DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native };
     // Traffic through the inactive uplink only arrives while the TC program
     // keeps redirecting it: any gap in the datapath shows as loss.
     let sender = t.host.run(|| PacketSocket::open("up2").unwrap());
@@ -268,10 +249,8 @@ fn uninstall_detaches_everything() {
     }
     let mut t = TwoUplinks::new(XdpAttachMode::Skb);
     let link_details = |t: &TwoUplinks| {
-        let out = std::process::Command::new("ip")
-            .args(["-n", t.host.name(), "-d", "link", "show", "up2"])
-            .output()
-            .unwrap();
+        let out =
+            std::process::Command::new("ip").args(["-n", t.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(link_details(&t).contains("xdp"), "attached: {}", link_details(&t));
@@ -293,10 +272,7 @@ fn attaching_to_a_missing_interface_names_it_and_leaves_nothing() {
         return;
     }
     let t = TwoUplinks::new(XdpAttachMode::Skb);
-    let opts = DatapathOptions {
-        pin_dir: t.pins.path().to_path_buf(),
-        xdp_mode: XdpAttachMode::Skb,
-    };
+    let opts = DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Skb };
     t.host.run(|| {
         let mut dp = EbpfDatapath::open(&opts).unwrap();
         let err = dp.attach_uplink("eth9", &uplink(5, UP1_MAC)).unwrap_err();
@@ -306,16 +282,14 @@ fn attaching_to_a_missing_interface_names_it_and_leaves_nothing() {
     });
     // Native XDP on loopback fails after the configuration was written and
     // before TC is attached: all of it must be undone.
-    let native = DatapathOptions {
-        xdp_mode: XdpAttachMode::Native,
-        ..opts.clone()
-    };
+    let native = DatapathOptions { xdp_mode: XdpAttachMode::Native, ..opts.clone() };
     t.host.run(|| {
         let mut dp = EbpfDatapath::open(&native).unwrap();
         let err = dp.attach_uplink("lo", &uplink(7, UP1_MAC)).unwrap_err();
         assert!(err.to_string().starts_with("interface lo: attaching failover_xdp"), "{err}");
         assert_eq!(dp.uplink("lo").unwrap(), None, "the configuration was taken back");
     });
-    let links: Vec<_> = std::fs::read_dir(t.pins.path().join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let links: Vec<_> =
+        std::fs::read_dir(t.pins.path().join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(links.len(), 4, "only the lab's own links: {links:?}");
 }

@@ -70,22 +70,13 @@ fn config(slot: u32, group: u32, own_mac: [u8; 6]) -> UplinkConfig {
 }
 
 fn cfg_up3() -> UplinkConfig {
-    UplinkConfig {
-        gateway_ip: GW6,
-        probe_source: PROBE6,
-        family: FAMILY_IPV6,
-        vlan: 100,
-        ..config(2, 1, UP3_MAC)
-    }
+    UplinkConfig { gateway_ip: GW6, probe_source: PROBE6, family: FAMILY_IPV6, vlan: 100, ..config(2, 1, UP3_MAC) }
 }
 
 impl Rig {
     /// Must run inside `host`'s namespace.
     fn new(pins: &PinDir) -> Self {
-        let opts = DatapathOptions {
-            pin_dir: pins.path().to_path_buf(),
-            xdp_mode: XdpAttachMode::Native,
-        };
+        let opts = DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native };
         let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
         dp.attach_uplink("up1", &config(0, 0, UP1_MAC)).expect("attach up1");
         dp.attach_uplink("up2", &config(1, 0, UP2_MAC)).expect("attach up2");
@@ -109,13 +100,7 @@ impl Rig {
             .expect("load a second copy sharing the pinned maps");
         let prog: &mut Xdp = runner.program_mut(PROG_XDP).unwrap().try_into().unwrap();
         prog.load().expect("load XDP program for test runs");
-        let mut rig = Self {
-            dp,
-            runner,
-            up1,
-            up2,
-            up3,
-        };
+        let mut rig = Self { dp, runner, up1, up2, up3 };
         // These frames are judged without probes going out through TC:
         // credit every slot with plenty of probes sent.
         for slot in 0..3 {
@@ -182,28 +167,14 @@ fn arp(eth: EthHeader, a: Arp) -> Vec<u8> {
 
 fn reply_to_up1() -> (EthHeader, Arp) {
     (
-        EthHeader {
-            dst: UP1_MAC,
-            src: GW1_MAC,
-            vlan: 0,
-        },
-        Arp {
-            op: ARP_OP_REPLY,
-            sha: GW1_MAC,
-            spa: GW_IP,
-            tha: UP1_MAC,
-            tpa: PROBE_IP,
-        },
+        EthHeader { dst: UP1_MAC, src: GW1_MAC, vlan: 0 },
+        Arp { op: ARP_OP_REPLY, sha: GW1_MAC, spa: GW_IP, tha: UP1_MAC, tpa: PROBE_IP },
     )
 }
 
 fn na_to_up3() -> (EthHeader, Ndp) {
     (
-        EthHeader {
-            dst: UP3_MAC,
-            src: GW2_MAC,
-            vlan: 100,
-        },
+        EthHeader { dst: UP3_MAC, src: GW2_MAC, vlan: 100 },
         Ndp {
             icmp_type: ICMPV6_NA,
             flags: NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE,
@@ -243,10 +214,17 @@ fn valid_arp_reply_is_counted_and_consumed() {
     });
 }
 
-
 /// Runs `frame` on `ifindex` and checks the verdict and that only the
 /// `rejected` counter of `slot` moved, by exactly `rejected`.
-fn expect_only_rejected(rig: &mut Rig, what: &str, ifindex: u32, slot: usize, frame: &[u8], verdict: u32, rejected: u64) {
+fn expect_only_rejected(
+    rig: &mut Rig,
+    what: &str,
+    ifindex: u32,
+    slot: usize,
+    frame: &[u8],
+    verdict: u32,
+    rejected: u64,
+) {
     let before = rig.all();
     assert_eq!(rig.run(ifindex, frame), Ok(verdict), "{what}: verdict");
     let after = rig.all();
@@ -421,10 +399,7 @@ fn generated_frames_get_the_specified_verdict() {
         // A bounded run here; `FAILOVER_FUZZ_CASES=200000 cargo test -p
         // failover-tests --test xdp_test_run generated` runs a long one.
         let cases = std::env::var("FAILOVER_FUZZ_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(600);
-        let mut runner = TestRunner::new(ProptestConfig {
-            cases,
-            ..ProptestConfig::default()
-        });
+        let mut runner = TestRunner::new(ProptestConfig { cases, ..ProptestConfig::default() });
         // Random bytes, and valid replies with random bytes changed: the
         // kernel's verdict and counters must match the specification.
         let strategy = prop_oneof![

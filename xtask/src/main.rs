@@ -84,10 +84,16 @@ fn run_lab_tool(bin: &str, args: &[String]) -> Result<ExitCode> {
         bail!("{bin} creates network namespaces and loads eBPF: run it as root");
     }
     let root = workspace_root();
-    run(Command::new(cargo())
-        .current_dir(&root)
-        .env("FAILOVER_EBPF_REQUIRED", "1")
-        .args(["build", "--quiet", "--release", "-p", "failover-agent", "-p", "failover-tests", "--bins"]))?;
+    run(Command::new(cargo()).current_dir(&root).env("FAILOVER_EBPF_REQUIRED", "1").args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "failover-agent",
+        "-p",
+        "failover-tests",
+        "--bins",
+    ]))?;
     let status = Command::new(root.join("target/release").join(bin))
         .env("FAILOVER_EBPF_REQUIRED", "1")
         .args(args)

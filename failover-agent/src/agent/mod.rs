@@ -13,7 +13,10 @@ use std::{
 };
 
 use anyhow::Context as _;
-use failover_common::{FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GROUP_REDIRECT_INACTIVE, GroupState, MAX_GROUP_UPLINKS, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig};
+use failover_common::{
+    FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GROUP_REDIRECT_INACTIVE, GroupState, MAX_GROUP_UPLINKS,
+    UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig,
+};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -23,7 +26,9 @@ use ovs_sync::{BridgeAlarm, JobDone, OvsSync, run_job};
 
 use crate::{
     config::{Config, format_mac},
-    control::{self, AlarmStatus, Event, GroupStatus, Incoming, Request, Response, Status, SwitchoverStatus, UplinkStatus},
+    control::{
+        self, AlarmStatus, Event, GroupStatus, Incoming, Request, Response, Status, SwitchoverStatus, UplinkStatus,
+    },
     datapath::{AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath},
     failover::{Action, Alarm, AlarmKind, Core, Gateway, Link, Part, SwitchDone, alarm_message},
     link::{self, LinkEvent, LinkState},
@@ -152,10 +157,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     .iter()
                     .map(|_| {
                         slot += 1;
-                        UplinkRt {
-                            slot: slot - 1,
-                            ..UplinkRt::default()
-                        }
+                        UplinkRt { slot: slot - 1, ..UplinkRt::default() }
                     })
                     .collect()
             })
@@ -202,11 +204,18 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 let view = self.core.uplink(g, u);
                 m.active_uplink.with_label_values(&labels).set(i64::from(active == Some(u)));
                 m.uplink_carrier_up.with_label_values(&labels).set(i64::from(view.is_some_and(|v| v.link == Link::Up)));
-                m.gateway_reachable.with_label_values(&labels).set(i64::from(view.is_some_and(|v| v.gateway == Gateway::Up)));
+                m.gateway_reachable
+                    .with_label_values(&labels)
+                    .set(i64::from(view.is_some_and(|v| v.gateway == Gateway::Up)));
                 flapping |= view.is_some_and(|v| v.flapping);
                 for (part, kind) in [("nic", Part::Nic), ("gateway", Part::Gateway)] {
-                    let raised = self.core.alarms().any(|a| a.group == g && a.uplink == Some(u) && a.kind == AlarmKind::Replace(kind));
-                    m.alarm.with_label_values(&[group.name.as_str(), uplink.name.as_str(), part]).set(i64::from(raised));
+                    let raised = self
+                        .core
+                        .alarms()
+                        .any(|a| a.group == g && a.uplink == Some(u) && a.kind == AlarmKind::Replace(kind));
+                    m.alarm
+                        .with_label_values(&[group.name.as_str(), uplink.name.as_str(), part])
+                        .set(i64::from(raised));
                 }
             }
             let no_healthy = self.core.alarms().any(|a| a.group == g && a.kind == AlarmKind::NoHealthyUplink);
@@ -228,9 +237,8 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
     fn group_flows(&self, g: usize) -> Option<GroupFlows> {
         let group = &self.config.groups[g];
         let active = self.core.active(g)?;
-        let macs: Vec<[u8; 6]> = (0..group.uplinks.len())
-            .filter_map(|u| self.core.uplink(g, u).and_then(|v| v.last_gateway_mac))
-            .collect();
+        let macs: Vec<[u8; 6]> =
+            (0..group.uplinks.len()).filter_map(|u| self.core.uplink(g, u).and_then(|v| v.last_gateway_mac)).collect();
         Some(GroupFlows {
             group: g as u32,
             bridge: group.bridge.clone(),
@@ -319,9 +327,11 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
     }
 
     fn find(&self, ifname: &str) -> Option<(usize, usize)> {
-        self.config.groups.iter().enumerate().find_map(|(g, group)| {
-            group.uplinks.iter().position(|u| u.interface == ifname).map(|u| (g, u))
-        })
+        self.config
+            .groups
+            .iter()
+            .enumerate()
+            .find_map(|(g, group)| group.uplinks.iter().position(|u| u.interface == ifname).map(|u| (g, u)))
     }
 
     fn event(&mut self, kind: &str, group: Option<usize>, uplink: Option<usize>, message: String) {
@@ -544,10 +554,14 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 match self.dp.counters(self.rt[g][u].slot) {
                     Ok(c) => {
                         let rt = &self.rt[g][u];
-                        let labels = [self.config.groups[g].name.as_str(), self.config.groups[g].uplinks[u].name.as_str()];
+                        let labels =
+                            [self.config.groups[g].name.as_str(), self.config.groups[g].uplinks[u].name.as_str()];
                         // Kernel counters start over when programs are attached anew.
                         let delta = |new: u64, old: u64| if new >= old { new - old } else { new };
-                        self.metrics.probe_replies.with_label_values(&labels).inc_by(delta(c.valid_replies, rt.counters.valid_replies));
+                        self.metrics
+                            .probe_replies
+                            .with_label_values(&labels)
+                            .inc_by(delta(c.valid_replies, rt.counters.valid_replies));
                         self.metrics
                             .probe_replies_rejected
                             .with_label_values(&labels)
@@ -585,7 +599,12 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             Ok(restored) if !restored.is_empty() => {
                 let list: Vec<String> = restored.iter().map(|p| p.display().to_string()).collect();
                 warn!(pins = ?list, "pinned maps had been removed: pinned again");
-                self.event("agent", None, None, format!("pinned maps had been removed; pinned again: {}", list.join(", ")));
+                self.event(
+                    "agent",
+                    None,
+                    None,
+                    format!("pinned maps had been removed; pinned again: {}", list.join(", ")),
+                );
             }
             Ok(_) => {}
             Err(e) => error!(error = %anyhow::Error::from(e), "checking the datapath's pins"),
@@ -601,10 +620,17 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     Ok(AttachOutcome::Reused) => {}
                     Ok(AttachOutcome::Attached) => {
                         warn!(interface = %ifname, "the programs had been detached (a link pin removed?): attached again");
-                        self.event("agent", Some(g), Some(u), format!("{ifname}: programs had been detached; attached again"));
+                        self.event(
+                            "agent",
+                            Some(g),
+                            Some(u),
+                            format!("{ifname}: programs had been detached; attached again"),
+                        );
                         self.sync_group(g);
                     }
-                    Err(e) => error!(interface = %ifname, error = %anyhow::Error::from(e), "re-checking the uplink's programs"),
+                    Err(e) => {
+                        error!(interface = %ifname, error = %anyhow::Error::from(e), "re-checking the uplink's programs");
+                    }
                 }
             }
         }
@@ -619,13 +645,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
     pub fn apply_actions(&mut self) {
         while let Some(action) = self.core.poll_action() {
             match action {
-                Action::SetActive {
-                    group,
-                    uplink,
-                    previous,
-                    reason,
-                    decided_at,
-                } => {
+                Action::SetActive { group, uplink, previous, reason, decided_at } => {
                     let state = self.group_state(group);
                     let result = self.dp.set_group(group as u32, &state);
                     let took = decided_at.elapsed();
@@ -634,15 +654,25 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     let to = g.uplinks[uplink].name.clone();
                     match result {
                         Ok(()) => {
-                            self.metrics.switchovers.with_label_values(&[g.name.as_str(), from, to.as_str(), reason.as_str()]).inc();
-                            self.metrics.switchover_duration.with_label_values(&[g.name.as_str()]).observe(took.as_secs_f64());
+                            self.metrics
+                                .switchovers
+                                .with_label_values(&[g.name.as_str(), from, to.as_str(), reason.as_str()])
+                                .inc();
+                            self.metrics
+                                .switchover_duration
+                                .with_label_values(&[g.name.as_str()])
+                                .observe(took.as_secs_f64());
                             self.last_duration[group] = Some(took);
                             self.switch_durations.push_back(took);
                             while self.switch_durations.len() > DURATION_HISTORY {
                                 self.switch_durations.pop_front();
                             }
                             info!(group = %g.name, from, to = %to, reason = reason.as_str(), duration_us = took.as_micros() as u64, "switchover");
-                            let msg = format!("{from} -> {to} ({}), map updated {} us after the decision", reason.as_str(), took.as_micros());
+                            let msg = format!(
+                                "{from} -> {to} ({}), map updated {} us after the decision",
+                                reason.as_str(),
+                                took.as_micros()
+                            );
                             self.event("switchover", Some(group), Some(uplink), msg);
                         }
                         Err(e) => {
@@ -669,17 +699,19 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     self.event("alarm_cleared", Some(alarm.group), alarm.uplink, message);
                     self.dirty = true;
                 }
-                Action::SendProbe {
-                    group,
-                    uplink,
-                    gateway_mac,
-                } => self.send_probe(group, uplink, gateway_mac),
+                Action::SendProbe { group, uplink, gateway_mac } => self.send_probe(group, uplink, gateway_mac),
                 Action::GatewayMac { group, uplink, mac, replaced } => {
                     let u = self.config.groups[group].uplinks[uplink].clone();
-                    let mut what = mac.map_or_else(|| "forgotten (accepting any until learned again)".to_string(), |m| format!("learned: {}", format_mac(&m)));
+                    let mut what = mac.map_or_else(
+                        || "forgotten (accepting any until learned again)".to_string(),
+                        |m| format!("learned: {}", format_mac(&m)),
+                    );
                     if let Some(old) = replaced {
                         // A replaced gateway, or someone answering in its name: worth a look.
-                        what = format!("{what}, replacing {} (a new gateway? if not, look for a spoofer)", format_mac(&old));
+                        what = format!(
+                            "{what}, replacing {} (a new gateway? if not, look for a spoofer)",
+                            format_mac(&old)
+                        );
                         warn!(group = %self.config.groups[group].name, uplink = %u.name, "gateway MAC {what}");
                     } else {
                         info!(group = %self.config.groups[group].name, uplink = %u.name, "gateway MAC {what}");
@@ -706,13 +738,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         let Some(own_mac) = rt.mac else {
             return;
         };
-        let spec = ProbeSpec {
-            own_mac,
-            source: cfg.probe_source,
-            gateway: cfg.gateway,
-            gateway_mac,
-            vlan: cfg.vlan,
-        };
+        let spec = ProbeSpec { own_mac, source: cfg.probe_source, gateway: cfg.gateway, gateway_mac, vlan: cfg.vlan };
         let Some(frame) = probe_frame(&spec) else {
             return;
         };
@@ -778,11 +804,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 let active = self.core.active(g);
                 let ovs = self.ovs.as_ref().map(|o| {
                     let (reachable, in_sync, last_error) = o.group_status(g);
-                    control::OvsStatus {
-                        reachable,
-                        rules_in_place: in_sync,
-                        last_error,
-                    }
+                    control::OvsStatus { reachable, rules_in_place: in_sync, last_error }
                 });
                 GroupStatus {
                     ovs,
@@ -860,11 +882,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
     /// Answers a control request.
     pub fn on_request(&mut self, request: Request, now: Instant) -> Response {
         match request {
-            Request::Status => Response {
-                ok: true,
-                status: Some(self.status()),
-                ..Response::default()
-            },
+            Request::Status => Response { ok: true, status: Some(self.status()), ..Response::default() },
             Request::Events { limit, .. } => {
                 let limit = limit.unwrap_or(100).min(EVENT_HISTORY);
                 let skip = self.events.len().saturating_sub(limit);
@@ -889,11 +907,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                             SwitchDone::Switched => format!("group {group}: traffic now on {uplink}"),
                             SwitchDone::AlreadyActive => format!("group {group}: {uplink} is already active"),
                         };
-                        Response {
-                            ok: true,
-                            message: Some(message),
-                            ..Response::default()
-                        }
+                        Response { ok: true, message: Some(message), ..Response::default() }
                     }
                     Err(e) => Response::error(format!("group {group:?}, uplink {uplink:?}: {e}")),
                 }
@@ -908,10 +922,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
 /// kept; a valid, changed one takes effect by the agent executing itself
 /// anew, which is a restart without a flip (see "Restart safety").
 pub fn run(config: Config, config_path: &std::path::Path) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     let reexec = runtime.block_on(run_async(config, config_path))?;
     drop(runtime);
     if reexec {
@@ -924,6 +935,19 @@ pub fn run(config: Config, config_path: &std::path::Path) -> anyhow::Result<()> 
 }
 
 /// Runs the agent; `Ok(true)` asks the caller to execute it anew (reload).
+/// A connection per bridge tells when ovs-vswitchd comes and goes (none
+/// with `ovs_flows = false`).
+fn monitor_bridges(config: &Config, ovs_cli: &OvsCli) -> mpsc::UnboundedReceiver<openflow::Reachability> {
+    let (reach_tx, reachability) = mpsc::unbounded_channel();
+    if config.agent.ovs_flows {
+        let bridges: std::collections::BTreeSet<&str> = config.groups.iter().map(|g| g.bridge.as_str()).collect();
+        for bridge in bridges {
+            tokio::spawn(openflow::monitor(bridge.to_owned(), ovs_cli.socket(bridge), reach_tx.clone()));
+        }
+    }
+    reachability
+}
+
 async fn run_async(config: Config, config_path: &std::path::Path) -> anyhow::Result<bool> {
     use tokio::signal::unix::{SignalKind, signal};
     let dp = EbpfDatapath::open(&DatapathOptions {
@@ -958,18 +982,10 @@ async fn run_async(config: Config, config_path: &std::path::Path) -> anyhow::Res
     }
     agent.apply_actions();
     agent.persist();
-    // OVS: a connection per bridge tells when ovs-vswitchd comes and goes;
-    // rule installs run on blocking threads and report back.
-    let (reach_tx, mut reachability) = mpsc::unbounded_channel();
+    // OVS: rule installs run on blocking threads and report back.
     let (done_tx, mut jobs_done) = mpsc::unbounded_channel::<JobDone>();
     let ovs_cli = OvsCli::new(&agent.config.agent.ovs_rundir);
-    if agent.config.agent.ovs_flows {
-        let bridges: std::collections::BTreeSet<String> = agent.config.groups.iter().map(|g| g.bridge.clone()).collect();
-        for bridge in bridges {
-            tokio::spawn(openflow::monitor(bridge.clone(), ovs_cli.socket(&bridge), reach_tx.clone()));
-        }
-    }
-    drop(reach_tx);
+    let mut reachability = monitor_bridges(&agent.config, &ovs_cli);
     let listen = agent.config.agent.metrics_listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -991,7 +1007,8 @@ async fn run_async(config: Config, config_path: &std::path::Path) -> anyhow::Res
             });
         }
         let next = [agent.next_timeout(), agent.ovs_deadline(now)].into_iter().flatten().min();
-        let due = next.map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1), tokio::time::Instant::from_std);
+        let due =
+            next.map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1), tokio::time::Instant::from_std);
         tokio::select! {
             () = tokio::time::sleep_until(due) => agent.on_timeout(Instant::now()),
             Some(r) = reachability.recv() => agent.ovs_reachability(&r.bridge, r.up, Instant::now()),

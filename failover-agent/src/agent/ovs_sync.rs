@@ -58,13 +58,7 @@ pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
         cli.apply(&bridge, job.flows.group, &wanted)?;
         Ok(true)
     })();
-    JobDone {
-        group: job.group,
-        flows: job.flows,
-        verify_only: job.verify_only,
-        result,
-        took: start.elapsed(),
-    }
+    JobDone { group: job.group, flows: job.flows, verify_only: job.verify_only, result, took: start.elapsed() }
 }
 
 #[derive(Debug, Default)]
@@ -172,11 +166,7 @@ impl OvsSync {
             if changed || verify {
                 g.in_flight = true;
                 g.next_verify = Some(now + VERIFY_EVERY);
-                return Some(Job {
-                    group: i,
-                    flows: desired,
-                    verify_only: !changed,
-                });
+                return Some(Job { group: i, flows: desired, verify_only: !changed });
             }
         }
         None
@@ -362,13 +352,7 @@ mod tests {
         s.desire(0, flows(0));
         let job = s.next_job(t0).unwrap();
         s.done(
-            &JobDone {
-                result: Err(OvsError::MissingPort {
-                    bridge: "br0".into(),
-                    port: "up1".into(),
-                }),
-                ..ok(&job)
-            },
+            &JobDone { result: Err(OvsError::MissingPort { bridge: "br0".into(), port: "up1".into() }), ..ok(&job) },
             t0,
         );
         assert!(s.next_job(t0).is_none(), "not before the retry");

@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use failover_common::{
-    GroupState, MAP_GROUPS, MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_XDP,
-    ProbeCount, UplinkConfig, UplinkStats,
+    GroupState, MAP_GROUPS, MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_XDP, ProbeCount,
+    UplinkConfig, UplinkStats,
 };
 use tracing::{debug, info};
 
@@ -82,9 +82,7 @@ fn on_bpffs(path: &Path) -> bool {
 
 /// The ifindex of `ifname` in the calling thread's network namespace.
 pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
-    let missing = || DatapathError::NoSuchInterface {
-        ifname: ifname.to_string(),
-    };
+    let missing = || DatapathError::NoSuchInterface { ifname: ifname.to_string() };
     let c = CString::new(ifname).map_err(|_| missing())?;
     // SAFETY: `c` is a valid C string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
@@ -138,9 +136,7 @@ impl EbpfDatapath {
     pub fn open(opts: &DatapathOptions) -> Result<Self, DatapathError> {
         let object = object()?;
         if !on_bpffs(&opts.pin_dir) {
-            return Err(DatapathError::NotBpffs {
-                path: opts.pin_dir.clone(),
-            });
+            return Err(DatapathError::NotBpffs { path: opts.pin_dir.clone() });
         }
         for sub in ["maps", "links"] {
             let path = opts.pin_dir.join(sub);
@@ -151,13 +147,7 @@ impl EbpfDatapath {
             .load(object)
             .map_err(DatapathError::Load)?;
         debug!(pin_dir = %opts.pin_dir.display(), "datapath object loaded");
-        Ok(Self {
-            ebpf,
-            pin_dir: opts.pin_dir.clone(),
-            xdp_mode: opts.xdp_mode,
-            xdp_loaded: false,
-            tc_loaded: false,
-        })
+        Ok(Self { ebpf, pin_dir: opts.pin_dir.clone(), xdp_mode: opts.xdp_mode, xdp_loaded: false, tc_loaded: false })
     }
 
     /// The pin directory.
@@ -179,10 +169,8 @@ impl EbpfDatapath {
             }
         }
         if pin_dir.exists() {
-            fs::remove_dir_all(pin_dir).map_err(|source| DatapathError::PinDir {
-                path: pin_dir.to_path_buf(),
-                source,
-            })?;
+            fs::remove_dir_all(pin_dir)
+                .map_err(|source| DatapathError::PinDir { path: pin_dir.to_path_buf(), source })?;
         }
         Ok(removed)
     }
@@ -191,15 +179,11 @@ impl EbpfDatapath {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(PROG_XDP)
-            .ok_or(DatapathError::LoadProgram {
-                program: PROG_XDP,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
+            .ok_or(DatapathError::LoadProgram { program: PROG_XDP, source: aya::programs::ProgramError::NotLoaded })?
             .try_into()
             .map_err(|source| DatapathError::LoadProgram { program: PROG_XDP, source })?;
         if !self.xdp_loaded {
-            prog.load()
-                .map_err(|source| DatapathError::LoadProgram { program: PROG_XDP, source })?;
+            prog.load().map_err(|source| DatapathError::LoadProgram { program: PROG_XDP, source })?;
             self.xdp_loaded = true;
         }
         Ok(prog)
@@ -214,15 +198,9 @@ impl EbpfDatapath {
                 source: aya::programs::ProgramError::NotLoaded,
             })?
             .try_into()
-            .map_err(|source| DatapathError::LoadProgram {
-                program: PROG_TC_EGRESS,
-                source,
-            })?;
+            .map_err(|source| DatapathError::LoadProgram { program: PROG_TC_EGRESS, source })?;
         if !self.tc_loaded {
-            prog.load().map_err(|source| DatapathError::LoadProgram {
-                program: PROG_TC_EGRESS,
-                source,
-            })?;
+            prog.load().map_err(|source| DatapathError::LoadProgram { program: PROG_TC_EGRESS, source })?;
             self.tc_loaded = true;
         }
         Ok(prog)
@@ -234,11 +212,7 @@ impl EbpfDatapath {
             XdpAttachMode::Native => XdpMode::Driver,
             XdpAttachMode::Skb => XdpMode::Skb,
         };
-        let attach_err = |source| DatapathError::Attach {
-            ifname: ifname.to_string(),
-            program: PROG_XDP,
-            source,
-        };
+        let attach_err = |source| DatapathError::Attach { ifname: ifname.to_string(), program: PROG_XDP, source };
         let prog = self.xdp()?;
         let id = prog.attach_to_if_index(ifindex, flags).map_err(attach_err)?;
         let link = prog.take_link(id).map_err(attach_err)?;
@@ -255,11 +229,7 @@ impl EbpfDatapath {
 
     /// Attaches the TC egress program (TCX) to `ifname` and pins its link at `pin`.
     fn attach_tc(&mut self, ifname: &str, pin: &Path) -> Result<(), DatapathError> {
-        let attach_err = |source| DatapathError::Attach {
-            ifname: ifname.to_string(),
-            program: PROG_TC_EGRESS,
-            source,
-        };
+        let attach_err = |source| DatapathError::Attach { ifname: ifname.to_string(), program: PROG_TC_EGRESS, source };
         let prog = self.tc()?;
         let id = prog.attach(ifname, TcAttachType::Egress).map_err(attach_err)?;
         let link = prog.take_link(id).map_err(attach_err)?;
@@ -281,30 +251,21 @@ impl EbpfDatapath {
 
     fn reset_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
         let map = map_mut(&mut self.ebpf, MAP_STATS)?;
-        let mut stats: PerCpuArray<_, UplinkStats> =
-            PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
+        let mut stats: PerCpuArray<_, UplinkStats> = PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
             map: MAP_STATS,
             op: "count possible CPUs".into(),
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "nr_cpus",
-                io_error: e,
-            }),
+            source: MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }),
         })?;
         let zeros = PerCpuValues::try_from(vec![UplinkStats::default(); cpus]).map_err(|e| DatapathError::Map {
             map: MAP_STATS,
             op: format!("zero slot {slot}"),
-            source: MapError::SyscallError(aya::sys::SyscallError {
-                call: "PerCpuValues",
-                io_error: e,
-            }),
+            source: MapError::SyscallError(aya::sys::SyscallError { call: "PerCpuValues", io_error: e }),
         })?;
         stats.set(slot, zeros, 0).map_err(map_err(MAP_STATS, format!("zero slot {slot}")))?;
         let mut probes: Array<_, ProbeCount> =
             Array::try_from(map_mut(&mut self.ebpf, MAP_PROBES)?).map_err(map_err(MAP_PROBES, "open"))?;
-        probes
-            .set(slot, ProbeCount::default(), 0)
-            .map_err(map_err(MAP_PROBES, format!("zero slot {slot}")))
+        probes.set(slot, ProbeCount::default(), 0).map_err(map_err(MAP_PROBES, format!("zero slot {slot}")))
     }
 
     /// Removes pins of `ifname` left from an interface with another ifindex
@@ -364,26 +325,18 @@ impl Datapath for EbpfDatapath {
                 };
             }
         };
-        if !xdp_reuse
-            && let Err(e) = self.attach_xdp(ifname, ifindex, &xdp_pin)
-        {
+        if !xdp_reuse && let Err(e) = self.attach_xdp(ifname, ifindex, &xdp_pin) {
             restore(self);
             return Err(e);
         }
-        if !tc_reuse
-            && let Err(e) = self.attach_tc(ifname, &tc_pin)
-        {
+        if !tc_reuse && let Err(e) = self.attach_tc(ifname, &tc_pin) {
             if !xdp_reuse {
                 let _ = detach_pinned(&xdp_pin, ifname);
             }
             restore(self);
             return Err(e);
         }
-        let outcome = if xdp_reuse && tc_reuse {
-            AttachOutcome::Reused
-        } else {
-            AttachOutcome::Attached
-        };
+        let outcome = if xdp_reuse && tc_reuse { AttachOutcome::Reused } else { AttachOutcome::Attached };
         if outcome == AttachOutcome::Attached {
             info!(ifname, ifindex, "uplink datapath attached");
         } else {
@@ -425,9 +378,7 @@ impl Datapath for EbpfDatapath {
     fn set_group(&mut self, group: u32, state: &GroupState) -> Result<(), DatapathError> {
         let map = map_mut(&mut self.ebpf, MAP_GROUPS)?;
         let mut groups: HashMap<_, u32, GroupState> = HashMap::try_from(map).map_err(map_err(MAP_GROUPS, "open"))?;
-        groups
-            .insert(group, *state, 0)
-            .map_err(map_err(MAP_GROUPS, format!("write group {group}")))
+        groups.insert(group, *state, 0).map_err(map_err(MAP_GROUPS, format!("write group {group}")))
     }
 
     fn group(&self, group: u32) -> Result<Option<GroupState>, DatapathError> {
@@ -464,10 +415,7 @@ impl Datapath for EbpfDatapath {
     fn counters(&self, slot: u32) -> Result<Counters, DatapathError> {
         let map = map_ref(&self.ebpf, MAP_STATS)?;
         let stats: PerCpuArray<_, UplinkStats> = PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
-        let values = stats
-            .get(&slot, 0)
-            .map_err(map_err(MAP_STATS, format!("read slot {slot}")))?;
+        let values = stats.get(&slot, 0).map_err(map_err(MAP_STATS, format!("read slot {slot}")))?;
         Ok(Counters::sum(values.iter()))
     }
 }
-

@@ -122,7 +122,10 @@ pub enum Action {
         decided_at: Instant,
     },
     /// Mirror the group's active uplink into its OVS bridge's flows.
-    MirrorToOvs { group: usize, uplink: usize },
+    MirrorToOvs {
+        group: usize,
+        uplink: usize,
+    },
     RaiseAlarm(Alarm),
     ClearAlarm(Alarm),
     /// Send one probe out of the uplink: unicast to `gateway_mac` if known,
@@ -312,11 +315,7 @@ impl Core {
                 last_switch: None,
             })
             .collect();
-        Self {
-            groups,
-            alarms: BTreeSet::new(),
-            actions: VecDeque::new(),
-        }
+        Self { groups, alarms: BTreeSet::new(), actions: VecDeque::new() }
     }
 
     /// Takes over a group's active uplink from an earlier run (persisted, or
@@ -378,12 +377,7 @@ impl Core {
             let replaced = u.last_mac.filter(|old| *old != mac);
             u.learned_mac = Some(mac);
             u.last_mac = Some(mac);
-            self.actions.push_back(Action::GatewayMac {
-                group,
-                uplink,
-                mac: Some(mac),
-                replaced,
-            });
+            self.actions.push_back(Action::GatewayMac { group, uplink, mac: Some(mac), replaced });
         }
     }
 
@@ -410,7 +404,13 @@ impl Core {
     /// unhealthy uplink unless `force`; forced onto an unhealthy uplink, the
     /// group stays there until that uplink is healthy (then the usual rules
     /// apply again).
-    pub fn switch(&mut self, group: usize, uplink: usize, force: bool, now: Instant) -> Result<SwitchDone, SwitchRefused> {
+    pub fn switch(
+        &mut self,
+        group: usize,
+        uplink: usize,
+        force: bool,
+        now: Instant,
+    ) -> Result<SwitchDone, SwitchRefused> {
         let g = self.groups.get_mut(group).ok_or(SwitchRefused::NoSuchGroup(group))?;
         let u = g.uplinks.get(uplink).ok_or(SwitchRefused::NoSuchUplink(uplink))?;
         let healthy = u.healthy();
@@ -480,12 +480,7 @@ impl Core {
                 && u.down_since.is_some_and(|t| t + params.relearn_after <= now)
                 && u.learned_mac.take().is_some()
             {
-                self.actions.push_back(Action::GatewayMac {
-                    group,
-                    uplink: index,
-                    mac: None,
-                    replaced: None,
-                });
+                self.actions.push_back(Action::GatewayMac { group, uplink: index, mac: None, replaced: None });
             }
             if u.link != Link::Up {
                 continue;
@@ -508,11 +503,7 @@ impl Core {
                 }
             }
             u.replies_at_probe = Some(u.replies);
-            self.actions.push_back(Action::SendProbe {
-                group,
-                uplink: index,
-                gateway_mac: u.gateway_mac(),
-            });
+            self.actions.push_back(Action::SendProbe { group, uplink: index, gateway_mac: u.gateway_mac() });
         }
     }
 
@@ -581,19 +572,8 @@ impl Core {
         let g = &mut self.groups[group];
         let previous = g.active;
         g.active = Some(uplink);
-        g.last_switch = Some(Switchover {
-            from: previous,
-            to: uplink,
-            reason,
-            at: now,
-        });
-        self.actions.push_back(Action::SetActive {
-            group,
-            uplink,
-            previous,
-            reason,
-            decided_at: now,
-        });
+        g.last_switch = Some(Switchover { from: previous, to: uplink, reason, at: now });
+        self.actions.push_back(Action::SetActive { group, uplink, previous, reason, decided_at: now });
         self.actions.push_back(Action::MirrorToOvs { group, uplink });
     }
 
@@ -603,11 +583,7 @@ impl Core {
         let raised = |a: &Alarm| self.alarms.contains(a);
         let mut want = BTreeSet::new();
         for (index, u) in g.uplinks.iter().enumerate() {
-            let alarm = |kind| Alarm {
-                group,
-                uplink: Some(index),
-                kind,
-            };
+            let alarm = |kind| Alarm { group, uplink: Some(index), kind };
             if matches!(u.link, Link::Down | Link::Absent) {
                 want.insert(alarm(AlarmKind::Replace(Part::Nic)));
             }
@@ -621,11 +597,7 @@ impl Core {
             }
         }
         let none_healthy = !g.uplinks.iter().any(UplinkFsm::healthy);
-        let no_healthy = Alarm {
-            group,
-            uplink: None,
-            kind: AlarmKind::NoHealthyUplink,
-        };
+        let no_healthy = Alarm { group, uplink: None, kind: AlarmKind::NoHealthyUplink };
         let active_faulty = g.active.is_some_and(|a| g.uplinks[a].faulty());
         if none_healthy && (active_faulty || raised(&no_healthy)) {
             want.insert(no_healthy);
@@ -662,10 +634,9 @@ pub fn alarm_message(config: &Config, alarm: &Alarm) -> String {
         (AlarmKind::Replace(Part::Nic), Some(u)) => {
             format!("replace NIC of uplink {} ({}) in group {}", u.name, u.interface, group.name)
         }
-        (AlarmKind::Replace(Part::Gateway), Some(u)) => format!(
-            "replace gateway of uplink {} ({} via {}) in group {}",
-            u.name, u.gateway, u.interface, group.name
-        ),
+        (AlarmKind::Replace(Part::Gateway), Some(u)) => {
+            format!("replace gateway of uplink {} ({} via {}) in group {}", u.name, u.gateway, u.interface, group.name)
+        }
         (AlarmKind::Flapping, Some(u)) => format!(
             "uplink {} ({}) in group {} is flapping: held out of service until stable for {} s",
             u.name,
@@ -673,7 +644,9 @@ pub fn alarm_message(config: &Config, alarm: &Alarm) -> String {
             group.name,
             group.flap_window.as_secs()
         ),
-        (AlarmKind::NoHealthyUplink, _) => format!("no healthy uplink in group {}: traffic stays where it is", group.name),
+        (AlarmKind::NoHealthyUplink, _) => {
+            format!("no healthy uplink in group {}: traffic stays where it is", group.name)
+        }
         (kind, None) => format!("{kind:?} in group {}", group.name),
     }
 }

@@ -33,12 +33,7 @@ impl H {
     fn new(uplinks: usize, failback: &str) -> Self {
         let cfg = config(uplinks, failback);
         let now = Instant::now();
-        Self {
-            core: Core::new(&cfg, now),
-            cfg,
-            now,
-            replies: vec![0; uplinks],
-        }
+        Self { core: Core::new(&cfg, now), cfg, now, replies: vec![0; uplinks] }
     }
 
     fn drain(&mut self) -> Vec<Action> {
@@ -100,9 +95,7 @@ fn switches(actions: &[Action]) -> Vec<(Option<usize>, usize, Reason)> {
     actions
         .iter()
         .filter_map(|a| match *a {
-            Action::SetActive {
-                uplink, previous, reason, ..
-            } => Some((previous, uplink, reason)),
+            Action::SetActive { uplink, previous, reason, .. } => Some((previous, uplink, reason)),
             _ => None,
         })
         .collect()
@@ -164,10 +157,7 @@ fn learning_emits_the_mac_for_the_datapath_once() {
     h.core.handle_timeout(h.now);
     h.drain();
     let a = h.tick(&[0]);
-    assert_eq!(
-        a.iter().filter(|x| matches!(x, Action::GatewayMac { uplink: 0, mac: Some(_), .. })).count(),
-        1
-    );
+    assert_eq!(a.iter().filter(|x| matches!(x, Action::GatewayMac { uplink: 0, mac: Some(_), .. })).count(), 1);
     let a = h.tick(&[0]);
     assert!(!a.iter().any(|x| matches!(x, Action::GatewayMac { .. })));
 }
@@ -217,24 +207,14 @@ fn a_learned_mac_is_forgotten_only_after_relearn_after_of_silence() {
     let a = h.ticks(9, &[1]);
     assert!(!a.iter().any(|x| matches!(x, Action::GatewayMac { uplink: 0, .. })), "too early");
     let a = h.ticks(1, &[1]);
-    assert!(a.contains(&Action::GatewayMac {
-        group: 0,
-        uplink: 0,
-        mac: None,
-        replaced: None
-    }));
+    assert!(a.contains(&Action::GatewayMac { group: 0, uplink: 0, mac: None, replaced: None }));
 }
 
 #[test]
 fn a_forgotten_mac_is_learned_again_only_from_a_new_reply() {
     let mut h = H::healthy(2, "never");
     let a = h.ticks(13, &[1]);
-    assert!(a.contains(&Action::GatewayMac {
-        group: 0,
-        uplink: 0,
-        mac: None,
-        replaced: None
-    }));
+    assert!(a.contains(&Action::GatewayMac { group: 0, uplink: 0, mac: None, replaced: None }));
     // The datapath still reports the old reply's MAC: that is no new evidence.
     let total = h.replies[0];
     h.core.handle_replies(0, 0, total, Some(GW_MAC));
@@ -245,12 +225,7 @@ fn a_forgotten_mac_is_learned_again_only_from_a_new_reply() {
     h.core.handle_replies(0, 0, total + 1, Some(replacement));
     assert_eq!(
         h.drain(),
-        vec![Action::GatewayMac {
-            group: 0,
-            uplink: 0,
-            mac: Some(replacement),
-            replaced: Some(GW_MAC),
-        }]
+        vec![Action::GatewayMac { group: 0, uplink: 0, mac: Some(replacement), replaced: Some(GW_MAC) }]
     );
 }
 
@@ -430,10 +405,7 @@ fn forced_switch_to_an_unhealthy_uplink_needs_force_and_holds() {
     let mut h = H::healthy(2, "never");
     h.ticks(3, &[0]);
     h.drain();
-    assert_eq!(
-        h.core.switch(0, 1, false, h.now),
-        Err(SwitchRefused::Unhealthy("its gateway does not answer"))
-    );
+    assert_eq!(h.core.switch(0, 1, false, h.now), Err(SwitchRefused::Unhealthy("its gateway does not answer")));
     assert!(switches(&h.drain()).is_empty());
     assert_eq!(h.core.switch(0, 1, true, h.now), Ok(SwitchDone::Switched));
     assert_eq!(switches(&h.drain()), vec![(Some(0), 1, Reason::Manual)]);
@@ -455,11 +427,7 @@ fn a_restored_decision_is_kept_without_a_switchover() {
     let now = Instant::now();
     let mut core = Core::new(&cfg, now);
     core.restore_active(0, 1);
-    let nic = Alarm {
-        group: 0,
-        uplink: Some(0),
-        kind: AlarmKind::Replace(Part::Nic),
-    };
+    let nic = Alarm { group: 0, uplink: Some(0), kind: AlarmKind::Replace(Part::Nic) };
     core.restore_alarm(nic);
     core.handle_link(0, 0, Link::Down, now);
     core.handle_link(0, 1, Link::Up, now);
@@ -479,11 +447,7 @@ fn a_restored_gateway_alarm_waits_for_evidence() {
     let mut now = Instant::now();
     let mut core = Core::new(&cfg, now);
     core.restore_active(0, 1);
-    let gw = Alarm {
-        group: 0,
-        uplink: Some(0),
-        kind: AlarmKind::Replace(Part::Gateway),
-    };
+    let gw = Alarm { group: 0, uplink: Some(0), kind: AlarmKind::Replace(Part::Gateway) };
     core.restore_alarm(gw);
     core.handle_link(0, 0, Link::Up, now);
     core.handle_link(0, 1, Link::Up, now);

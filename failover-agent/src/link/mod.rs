@@ -64,12 +64,7 @@ pub fn link_event(msg: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
     } else {
         LinkState::Down
     };
-    Some(LinkEvent {
-        ifname: ifname?,
-        ifindex: msg.header.index,
-        mac,
-        state,
-    })
+    Some(LinkEvent { ifname: ifname?, ifindex: msg.header.index, mac, state })
 }
 
 /// Subscribes to link events, then dumps every link. Returns the dump and a
@@ -127,12 +122,7 @@ mod tests {
         let e = link_event(&msg(LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running, Some("eth1")), false).unwrap();
         assert_eq!(
             e,
-            LinkEvent {
-                ifname: "eth1".into(),
-                ifindex: 7,
-                mac: Some([2, 0, 0, 0, 1, 1]),
-                state: LinkState::Up
-            }
+            LinkEvent { ifname: "eth1".into(), ifindex: 7, mac: Some([2, 0, 0, 0, 1, 1]), state: LinkState::Up }
         );
         let no_carrier = link_event(&msg(LinkFlags::Up, Some("eth1")), false).unwrap();
         assert_eq!(no_carrier.state, LinkState::Down);

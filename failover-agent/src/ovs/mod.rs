@@ -81,10 +81,7 @@ pub enum OvsError {
 /// The plan for `g`, given the bridge's ports (name -> OpenFlow port number).
 pub fn plan(g: &GroupFlows, ports: &BTreeMap<String, u32>) -> Result<Plan, OvsError> {
     let port = |name: &String| {
-        ports.get(name).copied().ok_or_else(|| OvsError::MissingPort {
-            bridge: g.bridge.clone(),
-            port: name.clone(),
-        })
+        ports.get(name).copied().ok_or_else(|| OvsError::MissingPort { bridge: g.bridge.clone(), port: name.clone() })
     };
     let active_name = &g.uplinks[g.active];
     let active = port(active_name)?;
@@ -144,9 +141,7 @@ pub struct OvsCli {
 
 impl OvsCli {
     pub fn new(rundir: &Path) -> Self {
-        Self {
-            rundir: rundir.to_path_buf(),
-        }
+        Self { rundir: rundir.to_path_buf() }
     }
 
     /// The bridge's management socket.
@@ -162,11 +157,7 @@ impl OvsCli {
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let spawn_err = |source| OvsError::Spawn {
-            bridge: bridge.to_string(),
-            command: command.clone(),
-            source,
-        };
+        let spawn_err = |source| OvsError::Spawn { bridge: bridge.to_string(), command: command.clone(), source };
         let mut child = cmd.spawn().map_err(spawn_err)?;
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(input.as_bytes()).map_err(spawn_err)?;
@@ -184,8 +175,7 @@ impl OvsCli {
 
     /// The bridge's ports.
     pub fn ports(&self, bridge: &str) -> Result<BTreeMap<String, u32>, OvsError> {
-        self.ofctl(bridge, &["-O", "OpenFlow14", "dump-ports-desc", "BRIDGE"], None)
-            .map(|t| parse_ports(&t))
+        self.ofctl(bridge, &["-O", "OpenFlow14", "dump-ports-desc", "BRIDGE"], None).map(|t| parse_ports(&t))
     }
 
     /// Replaces the group's rules in one bundle.
@@ -268,7 +258,10 @@ mod tests {
     fn dumps_and_port_lists_parse() {
         let dump = " cookie=0xfa11000000000000, priority=300,in_port=1 actions=drop\n\
                     cookie=0xfa11000000000000, priority=250,in_port=2 actions=NORMAL\n";
-        assert_eq!(parse_dump(dump), vec!["priority=250,in_port=2 actions=NORMAL", "priority=300,in_port=1 actions=drop"]);
+        assert_eq!(
+            parse_dump(dump),
+            vec!["priority=250,in_port=2 actions=NORMAL", "priority=300,in_port=1 actions=drop"]
+        );
         assert_eq!(parse_dump("NXST_FLOW reply (xid=0x4):\n"), Vec::<String>::new());
         let desc = "OFPST_PORT_DESC reply (OF1.4) (xid=0x2):\n 1(up1): addr:ae:83:13:2b:f4:0d\n     config:     0\n \
                     2(up2): addr:ae:83:13:2b:f4:0e\n LOCAL(br0): addr:aa:c7:db:12:f3:4e\n";

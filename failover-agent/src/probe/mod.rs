@@ -37,11 +37,7 @@ pub fn probe_frame(spec: &ProbeSpec) -> Option<Vec<u8>> {
     let len = match (spec.source, spec.gateway) {
         (IpAddr::V4(src), IpAddr::V4(gw)) => build_arp(
             &mut buf,
-            &EthHeader {
-                dst: spec.gateway_mac.unwrap_or(BROADCAST_MAC),
-                src: spec.own_mac,
-                vlan,
-            },
+            &EthHeader { dst: spec.gateway_mac.unwrap_or(BROADCAST_MAC), src: spec.own_mac, vlan },
             &Arp {
                 op: ARP_OP_REQUEST,
                 sha: spec.own_mac,
@@ -62,11 +58,7 @@ pub fn probe_frame(spec: &ProbeSpec) -> Option<Vec<u8>> {
             };
             build_ndp(
                 &mut buf,
-                &EthHeader {
-                    dst: dst_mac,
-                    src: spec.own_mac,
-                    vlan,
-                },
+                &EthHeader { dst: dst_mac, src: spec.own_mac, vlan },
                 &Ndp {
                     icmp_type: ICMPV6_NS,
                     flags: 0,
@@ -145,11 +137,7 @@ mod tests {
         assert_eq!(&f[54 + 24..54 + 26], &[1, 1], "source link-layer address option");
         assert_eq!(&f[54 + 26..54 + 32], &OWN);
 
-        let f = probe_frame(&ProbeSpec {
-            gateway_mac: Some(GW),
-            ..spec
-        })
-        .unwrap();
+        let f = probe_frame(&ProbeSpec { gateway_mac: Some(GW), ..spec }).unwrap();
         assert_eq!(&f[0..6], &GW);
         assert_eq!(&f[38..54], &spec_gateway(&spec));
     }

@@ -38,22 +38,12 @@ pub struct PacketSockets {
 }
 
 fn open(ifname: &str) -> Result<OwnedFd, ProbeError> {
-    let io_err = |what| {
-        move |source| ProbeError::Io {
-            ifname: ifname.to_string(),
-            what,
-            source,
-        }
-    };
-    let c = CString::new(ifname).map_err(|_| ProbeError::NoSuchInterface {
-        ifname: ifname.to_string(),
-    })?;
+    let io_err = |what| move |source| ProbeError::Io { ifname: ifname.to_string(), what, source };
+    let c = CString::new(ifname).map_err(|_| ProbeError::NoSuchInterface { ifname: ifname.to_string() })?;
     // SAFETY: a valid C string.
     let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
     if ifindex == 0 {
-        return Err(ProbeError::NoSuchInterface {
-            ifname: ifname.to_string(),
-        });
+        return Err(ProbeError::NoSuchInterface { ifname: ifname.to_string() });
     }
     // SAFETY: plain socket call.
     let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
@@ -68,11 +58,7 @@ fn open(ifname: &str) -> Result<OwnedFd, ProbeError> {
     addr.sll_ifindex = i32::try_from(ifindex).unwrap_or(i32::MAX);
     // SAFETY: addr is a valid sockaddr_ll of the given size.
     let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            std::ptr::from_ref(&addr).cast(),
-            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
+        libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&addr).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
     };
     if rc < 0 {
         return Err(io_err("binding the probe socket")(io::Error::last_os_error()));
@@ -109,11 +95,7 @@ impl ProbeTransport for PacketSockets {
             if matches!(source.raw_os_error(), Some(libc::ENXIO | libc::ENODEV | libc::ENETDOWN)) {
                 self.sockets.remove(ifname);
             }
-            return Err(ProbeError::Io {
-                ifname: ifname.to_string(),
-                what: "sending a probe",
-                source,
-            });
+            return Err(ProbeError::Io { ifname: ifname.to_string(), what: "sending a probe", source });
         }
         Ok(())
     }

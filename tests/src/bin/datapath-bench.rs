@@ -33,18 +33,8 @@ fn reply(spa: [u8; 4]) -> Vec<u8> {
     let mut buf = [0u8; 64];
     let n = build_arp(
         &mut buf,
-        &EthHeader {
-            dst: UP1_MAC,
-            src: GW1_MAC,
-            vlan: 0,
-        },
-        &Arp {
-            op: ARP_OP_REPLY,
-            sha: GW1_MAC,
-            spa,
-            tha: UP1_MAC,
-            tpa: PROBE_IP,
-        },
+        &EthHeader { dst: UP1_MAC, src: GW1_MAC, vlan: 0 },
+        &Arp { op: ARP_OP_REPLY, sha: GW1_MAC, spa, tha: UP1_MAC, tpa: PROBE_IP },
     )
     .expect("fits");
     buf[..n].to_vec()
@@ -58,9 +48,7 @@ fn xdp_cost(pins: &PinDir, ifindex: u32) -> Vec<(&'static str, f64)> {
     // Credit slot 0 with probes, so that the valid reply is measured as one.
     let mut probes: aya::maps::Array<_, failover_common::ProbeCount> =
         aya::maps::Array::try_from(ebpf.map_mut(failover_common::MAP_PROBES).expect("PROBES")).expect("array");
-    probes
-        .set(0, failover_common::ProbeCount { sent: u64::MAX / 2, answered: 0 }, 0)
-        .expect("credit probes");
+    probes.set(0, failover_common::ProbeCount { sent: u64::MAX / 2, answered: 0 }, 0).expect("credit probes");
     let prog: &mut Xdp = ebpf.program_mut(PROG_XDP).expect("program").try_into().expect("XDP");
     prog.load().expect("load XDP");
     let frames = [
@@ -108,7 +96,8 @@ fn iperf(host: &Netns, gw: &Netns, reverse: bool) -> Option<f64> {
     let at = json.find("\"sum_received\"")?;
     let rest = &json[at..];
     let bps = rest.split("\"bits_per_second\":").nth(1)?;
-    let number: String = bps.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+').collect();
+    let number: String =
+        bps.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '+').collect();
     number.parse::<f64>().ok().map(|b| b / 1e9)
 }
 
@@ -144,16 +133,16 @@ fn main() -> ExitCode {
         println!("\niperf3 is not installed: throughput part left out (apt-get install iperf3)");
         return ExitCode::SUCCESS;
     }
-    println!("\n| TCP over veth, programs on the active uplink | gw -> host Gbit/s | host -> gw Gbit/s |\n|---|---|---|");
+    println!(
+        "\n| TCP over veth, programs on the active uplink | gw -> host Gbit/s | host -> gw Gbit/s |\n|---|---|---|"
+    );
     for mode in [None, Some(XdpAttachMode::Native), Some(XdpAttachMode::Skb)] {
         let pins = PinDir::new();
         if let Some(mode) = mode {
             host.run(|| {
-                let mut dp = EbpfDatapath::open(&DatapathOptions {
-                    pin_dir: pins.path().to_path_buf(),
-                    xdp_mode: mode,
-                })
-                .expect("open");
+                let mut dp =
+                    EbpfDatapath::open(&DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: mode })
+                        .expect("open");
                 dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
                 let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");
                 dp.set_group(0, &group_state(ifindex, GW1_MAC)).expect("group");

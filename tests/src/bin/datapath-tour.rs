@@ -34,13 +34,7 @@ fn probe_reply(own: [u8; 6], gw: [u8; 6], spa: [u8; 4]) -> Vec<u8> {
     let n = build_arp(
         &mut buf,
         &EthHeader { dst: own, src: gw, vlan: 0 },
-        &Arp {
-            op: ARP_OP_REPLY,
-            sha: gw,
-            spa,
-            tha: own,
-            tpa: PROBE_IP,
-        },
+        &Arp { op: ARP_OP_REPLY, sha: gw, spa, tha: own, tpa: PROBE_IP },
     )
     .expect("fits");
     buf[..n].to_vec()
@@ -73,10 +67,7 @@ fn tour() -> Result<(), String> {
         mac_str(&UP2_MAC),
         mac_str(&GW2_MAC)
     );
-    println!(
-        "   XDP and TC egress attached to both uplinks (native XDP), pinned under {}",
-        t.pins.path().display()
-    );
+    println!("   XDP and TC egress attached to both uplinks (native XDP), pinned under {}", t.pins.path().display());
     println!("   group 0: up1 active, gateway {} (both gateways share 192.0.2.1)", mac_str(&GW1_MAC));
 
     step(2, "Gateway liveness is measured in the kernel");
@@ -106,7 +97,10 @@ fn tour() -> Result<(), String> {
         c2.valid_replies,
         c2.rejected_replies
     );
-    check(c1.valid_replies == 1 && c2.valid_replies == 1 && c2.rejected_replies == 1, "replies counted per uplink, the spoof rejected")?;
+    check(
+        c1.valid_replies == 1 && c2.valid_replies == 1 && c2.rejected_replies == 1,
+        "replies counted per uplink, the spoof rejected",
+    )?;
 
     step(3, "The standby uplink delivers nothing to the bridge");
     let from_gw2 = failover_tests::packet::test_frame(UP2_MAC, GW2_MAC, GW_IP, [192, 0, 2, 10], 20, 0);
@@ -121,8 +115,12 @@ fn tour() -> Result<(), String> {
     let count = 10_000;
     let mut flipped_at = None;
     let (at_gw1, at_gw2) = std::thread::scope(|s| {
-        let r1 = s.spawn(|| gw1.collect(Duration::from_millis(1600), |f| parse_test_frame(f).is_some_and(|p| p.stream == 21)));
-        let r2 = s.spawn(|| gw2.collect(Duration::from_millis(1600), |f| parse_test_frame(f).is_some_and(|p| p.stream == 21)));
+        let r1 = s.spawn(|| {
+            gw1.collect(Duration::from_millis(1600), |f| parse_test_frame(f).is_some_and(|p| p.stream == 21))
+        });
+        let r2 = s.spawn(|| {
+            gw2.collect(Duration::from_millis(1600), |f| parse_test_frame(f).is_some_and(|p| p.stream == 21))
+        });
         // The bridge keeps sending through up1 (its flows lag behind); the
         // TC program moves those frames to up2 from the map update on.
         stream(bridge1, GW1_MAC, 21, count, 10_000, || {
@@ -148,10 +146,7 @@ fn tour() -> Result<(), String> {
     check(lost == 0 && !at_gw2.is_empty() && readdressed, "no frame lost, all readdressed to gateway 2's MAC")?;
 
     step(5, "The agent restarts: the pinned datapath keeps running");
-    let opts = DatapathOptions {
-        pin_dir: t.pins.path().to_path_buf(),
-        xdp_mode: XdpAttachMode::Native,
-    };
+    let opts = DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native };
     drop(t.dp.take());
     let outcomes = t.host.run(|| {
         let mut dp = EbpfDatapath::open(&opts).expect("reopen");
@@ -162,7 +157,10 @@ fn tour() -> Result<(), String> {
         (dp, o)
     });
     t.dp = Some(outcomes.0);
-    check(outcomes.1 == [AttachOutcome::Reused; 2], "a second load reused both uplinks' pinned links, detaching nothing")?;
+    check(
+        outcomes.1 == [AttachOutcome::Reused; 2],
+        "a second load reused both uplinks' pinned links, detaching nothing",
+    )?;
     let active = t.dp().group(0).map_err(|e| e.to_string())?.map(|g| g.active_ifindex);
     check(active == Some(up2), "the group is still on up2")?;
     Ok(())

@@ -167,7 +167,14 @@ fn settle(lab: &OvsLab, sys: System) {
 }
 
 /// Runs one repetition of `scenario` on `lab`.
-fn rep(lab: &mut OvsLab, sys: System, scenario: Scenario, stream: u32, o: &Options, agent: &mut Option<AgentProcess>) -> Option<Rep> {
+fn rep(
+    lab: &mut OvsLab,
+    sys: System,
+    scenario: Scenario,
+    stream: u32,
+    o: &Options,
+    agent: &mut Option<AgentProcess>,
+) -> Option<Rep> {
     let active = if sys.bond.is_some() { bond_active(lab)? } else { agent_active(lab)? };
     let sinks_up = [udp::sink(&lab.gw1, stream, 0), udp::sink(&lab.gw2, stream, 1)];
     let sink_down = udp::sink_on(&lab.vms[0], DOWN_PORT, stream, 0);
@@ -186,11 +193,7 @@ fn rep(lab: &mut OvsLab, sys: System, scenario: Scenario, stream: u32, o: &Optio
                 appctl(lab, &["bond/set-active-member", "bond0", &format!("up{}", other(active))]);
             } else {
                 let to = if active == 1 { "standby" } else { "primary" };
-                lab.ask(&Request::Switch {
-                    group: "ext".into(),
-                    uplink: to.into(),
-                    force: false,
-                });
+                lab.ask(&Request::Switch { group: "ext".into(), uplink: to.into(), force: false });
             }
         }
         Scenario::AgentRestart => {
@@ -237,7 +240,9 @@ fn rep(lab: &mut OvsLab, sys: System, scenario: Scenario, stream: u32, o: &Optio
             alarm_ms = s.alarms.iter().find(|a| a.kind == kind).map(|a| a.since_unix_ms as f64 - fault_ms);
         }
         let switched = s.groups[0].last_switchover.clone();
-        if switched.as_ref().map(|x| x.at_unix_ms) != before.and_then(|b| b.groups[0].last_switchover.clone()).map(|x| x.at_unix_ms) {
+        if switched.as_ref().map(|x| x.at_unix_ms)
+            != before.and_then(|b| b.groups[0].last_switchover.clone()).map(|x| x.at_unix_ms)
+        {
             map_update_us = switched.and_then(|x| x.duration_us);
         }
     }
@@ -322,11 +327,21 @@ fn svg(title: &str, panels: &[(String, Points)]) -> String {
         );
         let px = |t: f64| pad + (t - t0) / (t1 - t0) * (w - pad - 10.0);
         let py = |s: u64| 20.0 + (h - pad - 20.0) * (1.0 - (s.saturating_sub(smin)) as f64 / span);
-        let _ = writeln!(out, "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"red\" stroke-dasharray=\"4\"/>", px(0.0), h - pad);
+        let _ = writeln!(
+            out,
+            "<line x1=\"{0}\" x2=\"{0}\" y1=\"20\" y2=\"{1}\" stroke=\"red\" stroke-dasharray=\"4\"/>",
+            px(0.0),
+            h - pad
+        );
         for t in [0.0, 100.0, 200.0] {
-            let _ = writeln!(out, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{t} ms</text>", px(t), h - pad + 14.0);
+            let _ =
+                writeln!(out, "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{t} ms</text>", px(t), h - pad + 14.0);
         }
-        let _ = writeln!(out, "<text x=\"{pad}\" y=\"{}\">sequence number (blue: gateway 1, orange: gateway 2)</text>", h - pad + 28.0);
+        let _ = writeln!(
+            out,
+            "<text x=\"{pad}\" y=\"{}\">sequence number (blue: gateway 1, orange: gateway 2)</text>",
+            h - pad + 28.0
+        );
         for p in window.iter().step_by((window.len() / 1500).max(1)) {
             let color = if p.2 == 0 { "#1f77b4" } else { "#ff7f0e" };
             let _ = writeln!(out, "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"1\" fill=\"{color}\"/>", px(p.0), py(p.1));
@@ -394,7 +409,8 @@ fn failover_runs(o: &Options) -> Result<Vec<Row>, String> {
 fn cpu_and_rss(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()
@@ -421,7 +437,13 @@ fn agent_cost(groups: usize, interval_ms: u64) -> Result<(f64, u64), String> {
         config += &format!("[[group]]\nname = \"g{g}\"\nbridge = \"br\"\nprobe_interval_ms = {interval_ms}\n");
         for u in 0..2 {
             let i = g * 2 + u;
-            host.veth(&format!("u{i}"), [2, 0xfa, 1, 0, 0, i as u8], &gw, &format!("g{i}"), [2, 0xfa, 2, 0, 0, i as u8]);
+            host.veth(
+                &format!("u{i}"),
+                [2, 0xfa, 1, 0, 0, i as u8],
+                &gw,
+                &format!("g{i}"),
+                [2, 0xfa, 2, 0, 0, i as u8],
+            );
             gw.ip(&["addr", "add", "192.0.2.1/24", "dev", &format!("g{i}")]);
             config += &format!(
                 "[[group.uplink]]\nname = \"u{u}\"\ninterface = \"u{i}\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n"
@@ -476,7 +498,8 @@ fn iperf(lab: &OvsLab) -> Option<f64> {
 /// Median and 99th percentile round trip (µs), VM 1 to gateway 1 and back.
 fn rtt(lab: &OvsLab) -> Option<(f64, f64)> {
     let echo = udp::echo(&lab.gw1, 47_003);
-    let mut samples = udp::ping(&lab.vms[0], SocketAddr::from(([192, 0, 2, 1], 47_003)), 2000, Duration::from_micros(500));
+    let mut samples =
+        udp::ping(&lab.vms[0], SocketAddr::from(([192, 0, 2, 1], 47_003)), 2000, Duration::from_micros(500));
     echo.stop();
     if samples.is_empty() {
         return None;
@@ -560,7 +583,8 @@ fn report_md(o: &Options, rows: &[Row], over: &[Overhead], cost: &[(usize, u64, 
             alarm
         );
     }
-    let mut updates: Vec<f64> = rows.iter().flat_map(|r| r.reps.iter().filter_map(|x| x.map_update_us).map(|u| u as f64)).collect();
+    let mut updates: Vec<f64> =
+        rows.iter().flat_map(|r| r.reps.iter().filter_map(|x| x.map_update_us).map(|u| u as f64)).collect();
     let mut nic: Vec<f64> = rows
         .iter()
         .filter(|r| r.scenario == Scenario::LinkFault && !r.system.starts_with("OVS"))
@@ -573,7 +597,10 @@ fn report_md(o: &Options, rows: &[Row], over: &[Overhead], cost: &[(usize, u64, 
         median(&mut updates),
         updates.iter().copied().fold(0.0, f64::max)
     );
-    let _ = writeln!(md, "## Datapath overhead (VM -> gateway through OVS)\n\n| datapath | TCP Gbit/s | ratio | UDP RTT median µs | p99 µs |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "## Datapath overhead (VM -> gateway through OVS)\n\n| datapath | TCP Gbit/s | ratio | UDP RTT median µs | p99 µs |\n|---|---|---|---|---|"
+    );
     let base = over.first().and_then(|x| x.1);
     for (label, tput, rtt) in over {
         let ratio = match (tput, base) {
@@ -588,7 +615,10 @@ fn report_md(o: &Options, rows: &[Row], over: &[Overhead], cost: &[(usize, u64, 
             rtt.map_or("-".into(), |r| format!("{:.0}", r.1))
         );
     }
-    let _ = writeln!(md, "\n## Agent cost\n\n| groups (2 uplinks each) | probe interval ms | CPU, % of one core | resident memory MiB |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "\n## Agent cost\n\n| groups (2 uplinks each) | probe interval ms | CPU, % of one core | resident memory MiB |\n|---|---|---|---|"
+    );
     for (groups, interval, cpu, rss) in cost {
         let _ = writeln!(md, "| {groups} | {interval} | {cpu:.2} | {:.1} |", *rss as f64 / 1024.0);
     }
@@ -597,7 +627,11 @@ fn report_md(o: &Options, rows: &[Row], over: &[Overhead], cost: &[(usize, u64, 
 
 fn targets(o: &Options, rows: &[Row], cost: &[(usize, u64, f64, u64)], over: &[Overhead]) -> String {
     let med = |system: &str, scenario: Scenario, f: &dyn Fn(&Rep) -> f64| {
-        let mut v: Vec<f64> = rows.iter().filter(|r| r.system == system && r.scenario == scenario).flat_map(|r| r.reps.iter().map(f)).collect();
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.system == system && r.scenario == scenario)
+            .flat_map(|r| r.reps.iter().map(f))
+            .collect();
         median(&mut v)
     };
     let gap = |x: &Rep| x.up_gap_ms;
@@ -610,7 +644,13 @@ fn targets(o: &Options, rows: &[Row], cost: &[(usize, u64, f64, u64)], over: &[O
     // leave the old gateway just after the flip and the new one just
     // before it, and be dropped twice. That is the method, not a loss a VM
     // would see from one upstream router, so it is reported but not judged.
-    let lost = |s: Scenario| rows.iter().filter(|r| r.system == "failover-agent" && r.scenario == s).flat_map(|r| r.reps.iter().map(|x| x.up.lost)).max().unwrap_or(0);
+    let lost = |s: Scenario| {
+        rows.iter()
+            .filter(|r| r.system == "failover-agent" && r.scenario == s)
+            .flat_map(|r| r.reps.iter().map(|x| x.up.lost))
+            .max()
+            .unwrap_or(0)
+    };
     let cpu10 = cost.iter().find(|c| c.0 == 1 && c.1 == 10).map_or(f64::NAN, |c| c.2);
     let ratio = match (over.first().and_then(|x| x.1), over.get(1).and_then(|x| x.1)) {
         (Some(b), Some(t)) if b > 0.0 => t / b * 100.0,
@@ -646,7 +686,8 @@ fn parse_args() -> Result<Options, String> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut num = |what: &str| args.next().and_then(|v| v.parse::<u64>().ok()).ok_or(format!("{what} needs a number"));
+        let mut num =
+            |what: &str| args.next().and_then(|v| v.parse::<u64>().ok()).ok_or(format!("{what} needs a number"));
         match a.as_str() {
             "--rate" => o.rate = num("--rate")?.clamp(100, 50_000),
             "--reps" => o.reps = usize::try_from(num("--reps")?.clamp(1, 50)).unwrap_or(5),
@@ -656,7 +697,11 @@ fn parse_args() -> Result<Options, String> {
                 o.reps = 1;
             }
             "--out" => o.out = PathBuf::from(args.next().ok_or("--out needs a directory")?),
-            other => return Err(format!("unknown argument {other:?}; usage: failover-bench [--rate N] [--reps N] [--probe-interval-ms N] [--quick] [--out DIR]")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other:?}; usage: failover-bench [--rate N] [--reps N] [--probe-interval-ms N] [--quick] [--out DIR]"
+                ));
+            }
         }
     }
     Ok(o)
@@ -704,8 +749,17 @@ fn main() -> ExitCode {
     }
     let mut md = report_md(&o, &rows, &over, &cost);
     md += &targets(&o, &rows, &cost, &over);
-    let _ = writeln!(md, "\nFigures: {}\n\nRun took {:.0} s. Reproduce: `cargo xtask bench` (root).", Scenario::ALL.map(|s| format!("[{0}]({0}.svg)", s.file())).join(", "), started.elapsed().as_secs_f64());
-    let date = Command::new("date").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let _ = writeln!(
+        md,
+        "\nFigures: {}\n\nRun took {:.0} s. Reproduce: `cargo xtask bench` (root).",
+        Scenario::ALL.map(|s| format!("[{0}]({0}.svg)", s.file())).join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    let date = Command::new("date")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     for dir in [o.out.join(&date), o.out.join("latest")] {
         write(&dir, "report.md", &md);
         for s in Scenario::ALL {

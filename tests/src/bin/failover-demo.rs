@@ -60,8 +60,10 @@ fn report(started: Instant, title: &str, detection: Option<u64>, r: &Report, bef
         r.lost,
         r.max_gap.as_secs_f64() * 1e3
     );
-    let raised: Vec<_> = after.alarms.iter().filter(|a| !before.alarms.iter().any(|b| b.message == a.message)).collect();
-    let cleared: Vec<_> = before.alarms.iter().filter(|b| !after.alarms.iter().any(|a| a.message == b.message)).collect();
+    let raised: Vec<_> =
+        after.alarms.iter().filter(|a| !before.alarms.iter().any(|b| b.message == a.message)).collect();
+    let cleared: Vec<_> =
+        before.alarms.iter().filter(|b| !after.alarms.iter().any(|a| a.message == b.message)).collect();
     for a in raised {
         println!("           alarm raised: \"{}\"", a.message);
     }
@@ -136,6 +138,7 @@ fn start_prometheus(lab: &OvsLab, ready: &Status) -> Result<prom::Prometheus, St
     Ok(p)
 }
 
+#[expect(clippy::too_many_lines, reason = "the demo's steps in the order the README tells them")]
 fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
     let started = Instant::now();
     println!("{}", bold("failover-agent demo: the method of ../shared/docs/mission.md, on one machine"));
@@ -155,7 +158,11 @@ fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
     );
     let _prometheus = if with_prometheus { Some(start_prometheus(lab, &ready)?) } else { None };
 
-    let step = |lab: &OvsLab, n: u32, fault: &dyn Fn(&OvsLab), until: &dyn Fn(&Status) -> bool| -> Result<(Report, Status, Status, Option<u64>, Instant), String> {
+    let step = |lab: &OvsLab,
+                n: u32,
+                fault: &dyn Fn(&OvsLab),
+                until: &dyn Fn(&Status) -> bool|
+     -> Result<(Report, Status, Status, Option<u64>, Instant), String> {
         let before = lab.status();
         let traffic: LabTraffic = lab.gateway_traffic(n, RATE);
         std::thread::sleep(Duration::from_millis(500));
@@ -172,12 +179,14 @@ fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
                 return Err(format!("step {n}: the expected state did not come within {WAIT:?}: {s:#?}"));
             }
             std::thread::sleep(Duration::from_millis(5));
-        };
+        }
         std::thread::sleep(Duration::from_millis(700));
         let r = traffic.finish();
         let after = lab.status();
         let detection = match (&before.groups[0].last_switchover, &after.groups[0].last_switchover) {
-            (b, Some(a)) if b.as_ref().map(|b| b.at_unix_ms) != Some(a.at_unix_ms) => Some(a.at_unix_ms.saturating_sub(fault_ms)),
+            (b, Some(a)) if b.as_ref().map(|b| b.at_unix_ms) != Some(a.at_unix_ms) => {
+                Some(a.at_unix_ms.saturating_sub(fault_ms))
+            }
             _ => None,
         };
         Ok((r, before, after, detection, fault_at))
@@ -187,37 +196,66 @@ fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
     let (traffic, before, after, detection, at) = step(lab, 1, &|l| l.set_link(1, false), &|s| {
         s.groups[0].active.as_deref() == Some("standby") && s.alarms.iter().any(|a| a.kind == "nic")
     })?;
-    report(started, "1. primary NIC fault (link down): traffic moves to the standby", detection, &traffic, &before, &after);
+    report(
+        started,
+        "1. primary NIC fault (link down): traffic moves to the standby",
+        detection,
+        &traffic,
+        &before,
+        &after,
+    );
     prometheus_step(lab, at);
 
     // 2. The NIC is back: the alarm clears, it is the new standby.
-    let (traffic, before, after, detection, at) = step(lab, 2, &|l| l.set_link(1, true), &|s| {
-        s.alarms.is_empty() && s.groups[0].uplinks[0].healthy
-    })?;
-    report(started, "2. primary NIC repaired: alarm cleared; it now serves as the standby", detection, &traffic, &before, &after);
+    let (traffic, before, after, detection, at) =
+        step(lab, 2, &|l| l.set_link(1, true), &|s| s.alarms.is_empty() && s.groups[0].uplinks[0].healthy)?;
+    report(
+        started,
+        "2. primary NIC repaired: alarm cleared; it now serves as the standby",
+        detection,
+        &traffic,
+        &before,
+        &after,
+    );
     prometheus_step(lab, at);
 
     // 3. The active gateway goes silent with its link up.
     let (traffic, before, after, detection, at) = step(lab, 3, &|l| l.silence_gateway(2), &|s| {
         s.groups[0].active.as_deref() == Some("primary") && s.alarms.iter().any(|a| a.kind == "gateway")
     })?;
-    report(started, "3. active gateway silent (link up, no ARP replies): traffic moves back", detection, &traffic, &before, &after);
+    report(
+        started,
+        "3. active gateway silent (link up, no ARP replies): traffic moves back",
+        detection,
+        &traffic,
+        &before,
+        &after,
+    );
     prometheus_step(lab, at);
 
     // 4. It recovers; an operator moves traffic back with the CLI.
-    let (traffic, before, after, detection, at) = step(lab, 4, &|l| l.revive_gateway(2), &|s| s.alarms.is_empty() && s.groups[0].uplinks[1].healthy)?;
+    let (traffic, before, after, detection, at) =
+        step(lab, 4, &|l| l.revive_gateway(2), &|s| s.alarms.is_empty() && s.groups[0].uplinks[1].healthy)?;
     report(started, "4a. gateway 2 recovered: alarm cleared", detection, &traffic, &before, &after);
     prometheus_step(lab, at);
     let config = lab.config_path();
-    let (traffic, before, after, _, at) = step(lab, 5, &|_| {
-        let out = std::process::Command::new(agent_binary())
-            .args(["switch", "ext", "standby", "--config"])
-            .arg(&config)
-            .output();
-        if let Ok(out) = out {
-            println!("\n           $ failover-agent switch ext standby\n           {}", String::from_utf8_lossy(&out.stdout).trim());
-        }
-    }, &|s| s.groups[0].active.as_deref() == Some("standby"))?;
+    let (traffic, before, after, _, at) = step(
+        lab,
+        5,
+        &|_| {
+            let out = std::process::Command::new(agent_binary())
+                .args(["switch", "ext", "standby", "--config"])
+                .arg(&config)
+                .output();
+            if let Ok(out) = out {
+                println!(
+                    "\n           $ failover-agent switch ext standby\n           {}",
+                    String::from_utf8_lossy(&out.stdout).trim()
+                );
+            }
+        },
+        &|s| s.groups[0].active.as_deref() == Some("standby"),
+    )?;
     report(started, "4b. forced switchover with the CLI", None, &traffic, &before, &after);
     prometheus_step(lab, at);
     if traffic.lost != 0 {
@@ -249,10 +287,7 @@ fn main() -> ExitCode {
         }
     }
     let name = format!("fl-demo{}", std::process::id());
-    let spec = LabSpec {
-        probe_interval_ms: 20,
-        ..LabSpec::named(&name)
-    };
+    let spec = LabSpec { probe_interval_ms: 20, ..LabSpec::named(&name) };
     let mut lab = match OvsLab::up(spec) {
         Ok(lab) => lab,
         Err(e) => {
@@ -275,7 +310,10 @@ fn main() -> ExitCode {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&name))
         .collect();
-    println!("teardown: lab removed{}", if left.is_empty() { ", nothing left behind".to_string() } else { format!("; LEFT: {left:?}") });
+    println!(
+        "teardown: lab removed{}",
+        if left.is_empty() { ", nothing left behind".to_string() } else { format!("; LEFT: {left:?}") }
+    );
     match result {
         Ok(()) if left.is_empty() => ExitCode::SUCCESS,
         Ok(()) => ExitCode::FAILURE,

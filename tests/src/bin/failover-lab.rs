@@ -25,7 +25,9 @@ fn main() -> ExitCode {
     while let Some(a) = rest.next() {
         match a.as_str() {
             "--name" => match rest.next() {
-                Some(n) if !n.is_empty() && n.len() <= 20 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+                Some(n)
+                    if !n.is_empty() && n.len() <= 20 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+                {
                     spec = LabSpec { vms: spec.vms, shared_mac: spec.shared_mac, ..LabSpec::named(n) };
                 }
                 _ => {
@@ -108,7 +110,10 @@ fn up(spec: LabSpec, agent: bool) -> ExitCode {
     println!("try:  failover-agent status --config {}", config.display());
     println!("      ip netns exec {}-vm1 ping -c 3 192.0.2.1", lab.spec.name);
     println!("      ip netns exec {}-gw1 ip link set gw1 down    # a NIC fault", lab.spec.name);
-    println!("down: cargo xtask lab down{}", if lab.spec.name == "fl-lab" { String::new() } else { format!(" --name {}", lab.spec.name) });
+    println!(
+        "down: cargo xtask lab down{}",
+        if lab.spec.name == "fl-lab" { String::new() } else { format!(" --name {}", lab.spec.name) }
+    );
     // The lab stays up after this process: `down` removes it.
     std::mem::forget(lab);
     ExitCode::SUCCESS
