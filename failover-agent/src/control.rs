@@ -285,28 +285,49 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Incoming>, events: broadcas
     }
 }
 
+/// A client's I/O error on the control socket, naming the step.
+fn client_error<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> ControlError + 'a {
+    move |source| ControlError::Client { path: path.to_path_buf(), what, source }
+}
+
+fn protocol_error(path: &Path, message: &dyn std::fmt::Display) -> ControlError {
+    ControlError::Protocol { path: path.to_path_buf(), message: message.to_string() }
+}
+
+/// Connects, sends `request` as one line and returns the way to read the
+/// answer lines (blocking).
+fn send_request(
+    path: &Path,
+    request: &Request,
+    read_timeout: Option<Duration>,
+) -> Result<std::io::BufReader<std::os::unix::net::UnixStream>, ControlError> {
+    use std::io::Write as _;
+    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(client_error(path, "connecting"))?;
+    stream.set_read_timeout(read_timeout).map_err(client_error(path, "setting a timeout"))?;
+    let mut line = serde_json::to_string(request).map_err(|e| protocol_error(path, &e))?;
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(client_error(path, "sending"))?;
+    Ok(std::io::BufReader::new(stream))
+}
+
 /// Sends an `events` request with `follow` and calls `each` with every
 /// event, the recent ones first, until the agent goes away.
 pub fn follow_events(path: &Path, limit: usize, mut each: impl FnMut(&Event)) -> Result<(), ControlError> {
-    use std::io::{BufRead as _, Write as _};
-    let client = |what| move |source| ControlError::Client { path: path.to_path_buf(), what, source };
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(client("connecting"))?;
-    let mut line = serde_json::to_string(&Request::Events { limit: Some(limit), follow: true }).unwrap_or_default();
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(client("sending"))?;
-    let protocol = |message: String| ControlError::Protocol { path: path.to_path_buf(), message };
-    let mut lines = std::io::BufReader::new(stream).lines();
-    let first = lines.next().ok_or_else(|| protocol("no answer".into()))?.map_err(client("reading"))?;
-    let response: Response = serde_json::from_str(&first).map_err(|e| protocol(e.to_string()))?;
+    use std::io::BufRead as _;
+    let request = Request::Events { limit: Some(limit), follow: true };
+    let mut lines = send_request(path, &request, None)?.lines();
+    let first =
+        lines.next().ok_or_else(|| protocol_error(path, &"no answer"))?.map_err(client_error(path, "reading"))?;
+    let response: Response = serde_json::from_str(&first).map_err(|e| protocol_error(path, &e))?;
     if !response.ok {
-        return Err(protocol(response.error.unwrap_or_default()));
+        return Err(protocol_error(path, &response.error.unwrap_or_default()));
     }
     for e in response.events.unwrap_or_default() {
         each(&e);
     }
     for l in lines {
-        let l = l.map_err(client("reading"))?;
-        let e: Event = serde_json::from_str(&l).map_err(|e| protocol(e.to_string()))?;
+        let l = l.map_err(client_error(path, "reading"))?;
+        let e: Event = serde_json::from_str(&l).map_err(|e| protocol_error(path, &e))?;
         each(&e);
     }
     Ok(())
@@ -314,18 +335,11 @@ pub fn follow_events(path: &Path, limit: usize, mut each: impl FnMut(&Event)) ->
 
 /// Sends one request and returns the agent's response (blocking).
 pub fn request(path: &Path, request: &Request) -> Result<Response, ControlError> {
-    use std::io::{BufRead as _, Write as _};
-    let client = |what| move |source| ControlError::Client { path: path.to_path_buf(), what, source };
-    let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(client("connecting"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(client("setting a timeout"))?;
-    let mut line = serde_json::to_string(request)
-        .map_err(|e| ControlError::Protocol { path: path.to_path_buf(), message: e.to_string() })?;
-    line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(client("sending"))?;
+    use std::io::BufRead as _;
+    let mut reader = send_request(path, request, Some(Duration::from_secs(10)))?;
     let mut answer = String::new();
-    std::io::BufReader::new(stream).read_line(&mut answer).map_err(client("reading the answer"))?;
-    serde_json::from_str(answer.trim_end())
-        .map_err(|e| ControlError::Protocol { path: path.to_path_buf(), message: e.to_string() })
+    reader.read_line(&mut answer).map_err(client_error(path, "reading the answer"))?;
+    serde_json::from_str(answer.trim_end()).map_err(|e| protocol_error(path, &e))
 }
 
 /// `2026-11-26T09:57:49.197Z` (UTC) from Unix milliseconds.

@@ -1,4 +1,26 @@
-//! Sequence-numbered test frames (Ethernet/IPv4/UDP) and their parser.
+//! Sequence-numbered test frames (Ethernet/IPv4/UDP) and their parser, and
+//! ARP / NDP frames as bytes.
+
+use failover_common::frame::{ARP_OP_REPLY, Arp, EthHeader, Ndp, build_arp, build_ndp};
+
+/// An ARP frame as bytes.
+pub fn arp_frame(eth: EthHeader, arp: Arp) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    let n = build_arp(&mut buf, &eth, &arp).expect("an ARP frame fits 64 bytes");
+    buf[..n].to_vec()
+}
+
+/// An untagged ARP reply from `src` (also its sender hardware address).
+pub fn arp_reply(dst: [u8; 6], src: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    arp_frame(EthHeader { dst, src, vlan: 0 }, Arp { op: ARP_OP_REPLY, sha: src, spa, tha, tpa })
+}
+
+/// A Neighbor Solicitation or Advertisement frame as bytes.
+pub fn ndp_frame(eth: EthHeader, ndp: Ndp) -> Vec<u8> {
+    let mut buf = [0u8; 128];
+    let n = build_ndp(&mut buf, &eth, &ndp).expect("an NDP frame fits 128 bytes");
+    buf[..n].to_vec()
+}
 
 /// Marks the payload of a test frame.
 pub const MAGIC: &[u8; 4] = b"FATS";

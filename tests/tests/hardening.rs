@@ -191,19 +191,12 @@ fn a_starved_agent_does_not_fail_over_falsely() {
     assert_eq!(s.groups[0].last_switchover.as_ref().unwrap().reason, "startup");
 }
 
-fn forged_reply(dst: [u8; 6], src: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
-    use failover_common::frame::{ARP_OP_REPLY, Arp, EthHeader, build_arp};
-    let mut buf = [0u8; 64];
-    let n = build_arp(&mut buf, &EthHeader { dst, src, vlan: 0 }, &Arp { op: ARP_OP_REPLY, sha: src, spa, tha, tpa })
-        .unwrap();
-    buf[..n].to_vec()
-}
-
 #[test]
 fn spoofed_replies_keep_no_dead_gateway_alive() {
     use failover_tests::{
         PacketSocket,
         agent_lab::{GW1_MAC, GW2_MAC, UP1_MAC},
+        packet::arp_reply,
     };
     const ROGUE: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0e, 0x0e];
     const GW: [u8; 4] = [192, 0, 2, 1];
@@ -220,12 +213,12 @@ fn spoofed_replies_keep_no_dead_gateway_alive() {
     let seg2 = lab.gw2.run(|| PacketSocket::open("gw2").unwrap());
     let vm = lab.vm.run(|| PacketSocket::open("eth0").unwrap());
     let forged_seg1 = [
-        forged_reply(UP1_MAC, ROGUE, GW, UP1_MAC, PROBE), // another MAC than the gateway's
-        forged_reply(UP1_MAC, GW1_MAC, GW, UP1_MAC, [192, 0, 2, 77]), // aimed at another target
-        forged_reply(UP1_MAC, GW1_MAC, [192, 0, 2, 2], UP1_MAC, PROBE), // another sender address
+        arp_reply(UP1_MAC, ROGUE, GW, UP1_MAC, PROBE), // another MAC than the gateway's
+        arp_reply(UP1_MAC, GW1_MAC, GW, UP1_MAC, [192, 0, 2, 77]), // aimed at another target
+        arp_reply(UP1_MAC, GW1_MAC, [192, 0, 2, 2], UP1_MAC, PROBE), // another sender address
     ];
-    let for_up1_on_seg2 = forged_reply(UP1_MAC, GW2_MAC, GW, UP1_MAC, PROBE); // arrives on the other uplink
-    let from_vm = forged_reply(UP1_MAC, GW1_MAC, GW, UP1_MAC, PROBE); // a VM in the gateway's name
+    let for_up1_on_seg2 = arp_reply(UP1_MAC, GW2_MAC, GW, UP1_MAC, PROBE); // arrives on the other uplink
+    let from_vm = arp_reply(UP1_MAC, GW1_MAC, GW, UP1_MAC, PROBE); // a VM in the gateway's name
     lab.silence_gateway(1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = stop.clone();

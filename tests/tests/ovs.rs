@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use failover_agent::control::{Request, Status};
+use failover_agent::control::Request;
 use failover_tests::{
-    agent_lab::agent_binary,
+    agent_lab::{AgentProcess, active, agent_binary, has_alarm},
     ovs_lab::{GW1_MAC, GW2_MAC, LabSpec, OvsLab},
     privileged, unique_name,
 };
@@ -22,16 +22,17 @@ fn lab() -> OvsLab {
     OvsLab::up(spec).expect("lab up")
 }
 
+/// A lab with the agent started and ready. The agent is dropped (stopped)
+/// before the lab, as the bindings `let (lab, agent)` go in reverse order.
+fn lab_with_agent() -> (OvsLab, AgentProcess) {
+    let mut lab = lab();
+    let agent = lab.start_agent();
+    lab.wait_ready();
+    (lab, agent)
+}
+
 fn settle() {
     std::thread::sleep(Duration::from_millis(500));
-}
-
-fn active(s: &Status) -> Option<&str> {
-    s.groups[0].active.as_deref()
-}
-
-fn has_alarm(s: &Status, kind: &str, uplink: Option<&str>) -> bool {
-    s.alarms.iter().any(|a| a.kind == kind && a.uplink.as_deref() == uplink)
 }
 
 fn mac(m: [u8; 6]) -> String {
@@ -73,9 +74,7 @@ fn step1_primary_nic_fault_moves_traffic_and_the_flows() {
     if !privileged("step1_primary_nic_fault_moves_traffic_and_the_flows") {
         return;
     }
-    let mut lab = lab();
-    let _agent = lab.start_agent();
-    lab.wait_ready();
+    let (lab, _agent) = lab_with_agent();
     assert_flows(&lab, 1);
     let t = lab.gateway_traffic(1, RATE);
     settle();
@@ -100,9 +99,7 @@ fn step2_the_repaired_nic_clears_its_alarm_and_is_the_standby() {
     if !privileged("step2_the_repaired_nic_clears_its_alarm_and_is_the_standby") {
         return;
     }
-    let mut lab = lab();
-    let _agent = lab.start_agent();
-    lab.wait_ready();
+    let (lab, _agent) = lab_with_agent();
     lab.set_link(1, false);
     lab.wait_for("switch to the standby", WAIT, |s| active(s) == Some("standby"));
     let t = lab.gateway_traffic(2, RATE);
@@ -123,15 +120,15 @@ fn step3_a_silent_active_gateway_moves_traffic_and_names_the_gateway() {
     if !privileged("step3_a_silent_active_gateway_moves_traffic_and_names_the_gateway") {
         return;
     }
-    let mut lab = lab();
-    let _agent = lab.start_agent();
-    lab.wait_ready();
+    let (lab, _agent) = lab_with_agent();
     let t = lab.gateway_traffic(3, RATE);
     settle();
     lab.silence_gateway(1);
     let s = lab.wait_for("switch to the standby", WAIT, |s| active(s) == Some("standby"));
     assert!(has_alarm(&s, "gateway", Some("primary")), "{:?}", s.alarms);
-    assert!(s.alarms.iter().any(|a| a.message.starts_with("replace gateway of uplink primary (192.0.2.1 via up1)")));
+    assert!(
+        s.alarms.iter().any(|a| { a.message.starts_with("replace gateway of uplink primary (192.0.2.1 via up1)") })
+    );
     assert_flows(&lab, 2);
     settle();
     let r = t.finish();
@@ -146,9 +143,7 @@ fn step4_a_recovered_gateway_clears_and_a_forced_switch_back_loses_nothing() {
     if !privileged("step4_a_recovered_gateway_clears_and_a_forced_switch_back_loses_nothing") {
         return;
     }
-    let mut lab = lab();
-    let _agent = lab.start_agent();
-    lab.wait_ready();
+    let (lab, _agent) = lab_with_agent();
     lab.silence_gateway(1);
     lab.wait_for("switch to the standby", WAIT, |s| active(s) == Some("standby"));
     lab.revive_gateway(1);
@@ -178,9 +173,7 @@ fn vm_to_vm_traffic_is_unaffected_by_a_switchover() {
     if !privileged("vm_to_vm_traffic_is_unaffected_by_a_switchover") {
         return;
     }
-    let mut lab = lab();
-    let _agent = lab.start_agent();
-    lab.wait_ready();
+    let (lab, _agent) = lab_with_agent();
     let t = lab.vm_traffic(5, RATE);
     settle();
     lab.set_link(1, false);
@@ -198,9 +191,7 @@ fn ovs_restart_under_traffic_gets_the_rules_back_within_a_second() {
     if !privileged("ovs_restart_under_traffic_gets_the_rules_back_within_a_second") {
         return;
     }
-    let mut lab = lab();
-    let _agent = lab.start_agent();
-    lab.wait_ready();
+    let (lab, _agent) = lab_with_agent();
     // On the standby, so that the restored rules are visibly the agent's.
     lab.set_link(1, false);
     lab.wait_for("switch to the standby", WAIT, |s| active(s) == Some("standby"));
@@ -234,9 +225,7 @@ fn agent_sigkill_and_restart_under_traffic_lose_nothing() {
     if !privileged("agent_sigkill_and_restart_under_traffic_lose_nothing") {
         return;
     }
-    let mut lab = lab();
-    let agent = lab.start_agent();
-    lab.wait_ready();
+    let (mut lab, agent) = lab_with_agent();
     assert!(lab.ask(&Request::Switch { group: "ext".into(), uplink: "standby".into(), force: false }).ok);
     assert_flows(&lab, 2);
     let t = lab.gateway_traffic(7, RATE);
@@ -277,9 +266,7 @@ fn uninstall_removes_the_datapath_the_rules_and_the_state() {
     if !privileged("uninstall_removes_the_datapath_the_rules_and_the_state") {
         return;
     }
-    let mut lab = lab();
-    let agent = lab.start_agent();
-    lab.wait_ready();
+    let (lab, agent) = lab_with_agent();
     assert_flows(&lab, 1);
     assert!(agent.terminate().success());
     assert!(!lab.agent_flows().is_empty(), "SIGTERM leaves everything in place");
@@ -325,9 +312,7 @@ fn ovsdb_server_crash_and_restart_leave_the_agent_working() {
     if !privileged("ovsdb_server_crash_and_restart_leave_the_agent_working") {
         return;
     }
-    let mut lab = lab();
-    let _agent = lab.start_agent();
-    lab.wait_ready();
+    let (lab, _agent) = lab_with_agent();
     let t = lab.gateway_traffic(10, RATE);
     settle();
     lab.crash_and_restart_ovsdb().unwrap();

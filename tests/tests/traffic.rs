@@ -1,13 +1,12 @@
 //! The datapath under real traffic over veth pairs in throwaway namespaces
 //! (topology: `failover_tests::lab`).
-#![expect(clippy::unwrap_used, reason = "test code: a failed unwrap is a failed test")]
 
 use std::time::{Duration, Instant};
 
 use failover_agent::datapath::{AttachOutcome, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode};
 use failover_common::{
     PROBE_MARK,
-    frame::{ARP_OP_REPLY, ARP_OP_REQUEST, Arp, BROADCAST_MAC, EthHeader, build_arp},
+    frame::{ARP_OP_REPLY, ARP_OP_REQUEST, Arp, BROADCAST_MAC, EthHeader},
 };
 use failover_tests::{
     PacketSocket,
@@ -15,7 +14,7 @@ use failover_tests::{
         GW_IP, GW1_MAC, GW2_MAC, PROBE_IP, SETTLE, TwoUplinks, UP1_MAC, UP2_MAC, VM_IP, VM_MAC, arrivals, uplink,
         vm_frame,
     },
-    packet::test_frame,
+    packet::{arp_frame, test_frame},
     privileged,
 };
 
@@ -60,12 +59,6 @@ fn inactive_uplink_egress_is_redirected_with_the_gateway_mac_rewritten() {
     assert!(arrivals(&t.gw2, 14, SETTLE).is_empty());
     assert!(arrivals(&t.gw1, 14, Duration::from_millis(50)).is_empty());
     assert_eq!(t.counters(0).egress_dropped, dropped + 1);
-}
-
-fn arp_frame(eth: EthHeader, arp: Arp) -> Vec<u8> {
-    let mut buf = [0u8; 64];
-    let n = build_arp(&mut buf, &eth, &arp).unwrap();
-    buf[..n].to_vec()
 }
 
 fn probe(own: [u8; 6], gw: [u8; 6]) -> Vec<u8> {

@@ -19,23 +19,22 @@ use failover_common::{
     UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig,
     frame::{
         ARP_OP_REPLY, ARP_OP_REQUEST, Arp, BROADCAST_MAC, EthHeader, ICMPV6_NA, ICMPV6_NS, Ingress, NA_FLAG_OVERRIDE,
-        NA_FLAG_SOLICITED, Ndp, build_arp, build_ndp, classify_ingress,
+        NA_FLAG_SOLICITED, Ndp, classify_ingress,
     },
 };
-use failover_tests::{Netns, PinDir, privileged};
+use failover_tests::{
+    Netns, PinDir,
+    lab::{GW_IP, GW1_MAC, GW2_MAC, PROBE_IP, UP1_MAC, UP2_MAC, group_state},
+    packet::{arp_frame, ndp_frame},
+    privileged,
+};
 use proptest::{prelude::*, test_runner::TestRunner};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 
-const UP1_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x01];
-const UP2_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x02];
 const UP3_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x03];
-const GW1_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0a, 0x01];
-const GW2_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0a, 0x02];
 const ROGUE_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0e, 0x0e];
-const GW_IP: [u8; 4] = [192, 0, 2, 1];
-const PROBE_IP: [u8; 4] = [192, 0, 2, 250];
 const GW6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const PROBE6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfa];
 
@@ -82,12 +81,8 @@ impl Rig {
         dp.attach_uplink("up2", &config(1, 0, UP2_MAC)).expect("attach up2");
         dp.attach_uplink("up3", &cfg_up3()).expect("attach up3");
         let (up1, up2, up3) = (ifindex("up1").unwrap(), ifindex("up2").unwrap(), ifindex("up3").unwrap());
-        let mut group = GroupState::inactive();
-        group.active_ifindex = up1;
-        group.gateway_count = 2;
-        group.gateway_macs[0] = GW1_MAC;
-        group.gateway_macs[1] = GW2_MAC;
-        group.active_gateway_mac = GW1_MAC;
+        // The lab's group on up1, without redirecting from the inactive uplinks.
+        let mut group = group_state(up1, GW1_MAC);
         group.flags = GROUP_ACTIVE_MAC_KNOWN;
         dp.set_group(0, &group).expect("set group 0");
         let mut g1 = GroupState::inactive();
@@ -159,12 +154,6 @@ fn with_rig(test: &str, body: impl FnOnce(&mut Rig) + Send) {
     });
 }
 
-fn arp(eth: EthHeader, a: Arp) -> Vec<u8> {
-    let mut buf = [0u8; 128];
-    let n = build_arp(&mut buf, &eth, &a).unwrap();
-    buf[..n].to_vec()
-}
-
 fn reply_to_up1() -> (EthHeader, Arp) {
     (
         EthHeader { dst: UP1_MAC, src: GW1_MAC, vlan: 0 },
@@ -187,18 +176,12 @@ fn na_to_up3() -> (EthHeader, Ndp) {
     )
 }
 
-fn ndp(eth: EthHeader, n: Ndp) -> Vec<u8> {
-    let mut buf = [0u8; 128];
-    let len = build_ndp(&mut buf, &eth, &n).unwrap();
-    buf[..len].to_vec()
-}
-
 #[test]
 fn valid_arp_reply_is_counted_and_consumed() {
     with_rig("valid_arp_reply_is_counted_and_consumed", |rig| {
         let (e, a) = reply_to_up1();
         let before = rig.counters(0);
-        assert_eq!(rig.run(rig.up1, &arp(e, a)), Ok(XDP_DROP), "valid replies are consumed");
+        assert_eq!(rig.run(rig.up1, &arp_frame(e, a)), Ok(XDP_DROP), "valid replies are consumed");
         let after = rig.counters(0);
         assert_eq!(after.valid_replies, before.valid_replies + 1);
         assert_eq!(after.rejected_replies, before.rejected_replies);
@@ -207,7 +190,7 @@ fn valid_arp_reply_is_counted_and_consumed() {
         let now = failover_tests::net::monotonic_now();
         assert!(t <= now && now.saturating_sub(t) < std::time::Duration::from_secs(5), "{t:?} vs now {now:?}");
         // A second one moves the time forward.
-        assert_eq!(rig.run(rig.up1, &arp(e, a)), Ok(XDP_DROP));
+        assert_eq!(rig.run(rig.up1, &arp_frame(e, a)), Ok(XDP_DROP));
         let again = rig.counters(0);
         assert_eq!(again.valid_replies, before.valid_replies + 2);
         assert!(again.last_reply.unwrap() >= t);
@@ -240,7 +223,7 @@ fn expect_only_rejected(
 fn no_more_replies_count_than_probes_left() {
     with_rig("no_more_replies_count_than_probes_left", |rig| {
         let (e, a) = reply_to_up1();
-        let reply = arp(e, a);
+        let reply = arp_frame(e, a);
         rig.set_probes(0, 2, 0);
         let up1 = rig.up1;
         let before = rig.counters(0);
@@ -262,12 +245,12 @@ fn invalid_arp_replies_are_rejected_not_counted() {
         let up1 = rig.up1;
         let (e, mut a) = reply_to_up1();
         a.spa = [192, 0, 2, 2];
-        expect_only_rejected(rig, "wrong sender IP", up1, 0, &arp(e, a), XDP_PASS, 1);
+        expect_only_rejected(rig, "wrong sender IP", up1, 0, &arp_frame(e, a), XDP_PASS, 1);
 
         let (mut e, mut a) = reply_to_up1();
         e.src = ROGUE_MAC;
         a.sha = ROGUE_MAC;
-        let rogue = arp(e, a);
+        let rogue = arp_frame(e, a);
         // Not yet known: any unicast sender MAC is taken; once the gateway's
         // MAC is known, another MAC is rejected.
         let mut cfg = config(0, 0, UP1_MAC);
@@ -276,19 +259,19 @@ fn invalid_arp_replies_are_rejected_not_counted() {
         rig.dp.update_uplink("up1", &cfg).unwrap();
         expect_only_rejected(rig, "wrong sender MAC", up1, 0, &rogue, XDP_PASS, 1);
         let (e, a) = reply_to_up1();
-        assert_eq!(rig.run(up1, &arp(e, a)), Ok(XDP_DROP), "the known gateway MAC still counts");
+        assert_eq!(rig.run(up1, &arp_frame(e, a)), Ok(XDP_DROP), "the known gateway MAC still counts");
 
         let (e, mut a) = reply_to_up1();
         a.tpa = [192, 0, 2, 251];
-        expect_only_rejected(rig, "wrong target IP", up1, 0, &arp(e, a), XDP_PASS, 1);
+        expect_only_rejected(rig, "wrong target IP", up1, 0, &arp_frame(e, a), XDP_PASS, 1);
         let (mut e, mut a) = reply_to_up1();
         e.dst = UP2_MAC;
         a.tha = UP2_MAC;
-        expect_only_rejected(rig, "wrong target MAC", up1, 0, &arp(e, a), XDP_PASS, 1);
+        expect_only_rejected(rig, "wrong target MAC", up1, 0, &arp_frame(e, a), XDP_PASS, 1);
 
         let (mut e, a) = reply_to_up1();
         e.vlan = 100;
-        expect_only_rejected(rig, "tagged reply on an untagged uplink", up1, 0, &arp(e, a), XDP_PASS, 1);
+        expect_only_rejected(rig, "tagged reply on an untagged uplink", up1, 0, &arp_frame(e, a), XDP_PASS, 1);
     });
 }
 
@@ -298,7 +281,7 @@ fn reply_on_the_other_uplink_is_rejected_and_dropped_there() {
         let (e, a) = reply_to_up1();
         // up2 is inactive: the frame is rejected (counted on up2 only) and dropped.
         let up2 = rig.up2;
-        expect_only_rejected(rig, "up1's reply arriving on up2", up2, 1, &arp(e, a), XDP_DROP, 1);
+        expect_only_rejected(rig, "up1's reply arriving on up2", up2, 1, &arp_frame(e, a), XDP_DROP, 1);
     });
 }
 
@@ -308,18 +291,18 @@ fn requests_and_gratuitous_arp_move_no_counter() {
         let up1 = rig.up1;
         let (mut e, mut a) = reply_to_up1();
         a.op = ARP_OP_REQUEST;
-        expect_only_rejected(rig, "ARP request to the probe source", up1, 0, &arp(e, a), XDP_PASS, 0);
+        expect_only_rejected(rig, "ARP request to the probe source", up1, 0, &arp_frame(e, a), XDP_PASS, 0);
         e.dst = BROADCAST_MAC;
         a.tha = [0; 6];
         a.tpa = GW_IP;
-        expect_only_rejected(rig, "gratuitous ARP request", up1, 0, &arp(e, a), XDP_PASS, 0);
+        expect_only_rejected(rig, "gratuitous ARP request", up1, 0, &arp_frame(e, a), XDP_PASS, 0);
         a.op = ARP_OP_REPLY;
         a.tha = BROADCAST_MAC;
-        expect_only_rejected(rig, "gratuitous ARP reply", up1, 0, &arp(e, a), XDP_PASS, 0);
+        expect_only_rejected(rig, "gratuitous ARP reply", up1, 0, &arp_frame(e, a), XDP_PASS, 0);
         // On the inactive uplink, the same is VM-bound traffic: dropped, no reply counter.
         let before = rig.counters(1).ingress_dropped_inactive;
         let up2 = rig.up2;
-        expect_only_rejected(rig, "gratuitous ARP on the inactive uplink", up2, 1, &arp(e, a), XDP_DROP, 0);
+        expect_only_rejected(rig, "gratuitous ARP on the inactive uplink", up2, 1, &arp_frame(e, a), XDP_DROP, 0);
         assert_eq!(rig.counters(1).ingress_dropped_inactive, before + 1);
     });
 }
@@ -330,26 +313,26 @@ fn tagged_solicited_na_is_counted_and_invalid_nas_are_rejected() {
         let up3 = rig.up3;
         let (e, n) = na_to_up3();
         let before = rig.counters(2);
-        assert_eq!(rig.run(up3, &ndp(e, n)), Ok(XDP_DROP));
+        assert_eq!(rig.run(up3, &ndp_frame(e, n)), Ok(XDP_DROP));
         let after = rig.counters(2);
         assert_eq!(after.valid_replies, before.valid_replies + 1);
         assert_eq!(after.gateway_mac, Some(GW2_MAC));
 
         let (e, mut n) = na_to_up3();
         n.flags = NA_FLAG_OVERRIDE;
-        expect_only_rejected(rig, "unsolicited NA", up3, 2, &ndp(e, n), XDP_PASS, 1);
+        expect_only_rejected(rig, "unsolicited NA", up3, 2, &ndp_frame(e, n), XDP_PASS, 1);
         let (e, mut n) = na_to_up3();
         n.target[15] = 9;
-        expect_only_rejected(rig, "NA for another target", up3, 2, &ndp(e, n), XDP_PASS, 1);
+        expect_only_rejected(rig, "NA for another target", up3, 2, &ndp_frame(e, n), XDP_PASS, 1);
         let (e, mut n) = na_to_up3();
         n.hop_limit = 1;
-        expect_only_rejected(rig, "NA with a routed hop limit", up3, 2, &ndp(e, n), XDP_PASS, 1);
+        expect_only_rejected(rig, "NA with a routed hop limit", up3, 2, &ndp_frame(e, n), XDP_PASS, 1);
         let (mut e, n) = na_to_up3();
         e.vlan = 0;
-        expect_only_rejected(rig, "untagged NA on a VLAN uplink", up3, 2, &ndp(e, n), XDP_PASS, 1);
+        expect_only_rejected(rig, "untagged NA on a VLAN uplink", up3, 2, &ndp_frame(e, n), XDP_PASS, 1);
         let (e, mut n) = na_to_up3();
         n.icmp_type = ICMPV6_NS;
-        expect_only_rejected(rig, "a solicitation", up3, 2, &ndp(e, n), XDP_PASS, 0);
+        expect_only_rejected(rig, "a solicitation", up3, 2, &ndp_frame(e, n), XDP_PASS, 0);
     });
 }
 
@@ -357,7 +340,7 @@ fn tagged_solicited_na_is_counted_and_invalid_nas_are_rejected() {
 fn every_truncated_length_passes_and_moves_nothing() {
     with_rig("every_truncated_length_passes_and_moves_nothing", |rig| {
         let (e, a) = reply_to_up1();
-        let mut full = arp(e, a);
+        let mut full = arp_frame(e, a);
         full.resize(64, 0);
         let up1 = rig.up1;
         for len in 0..=64 {
@@ -394,7 +377,7 @@ fn every_truncated_length_passes_and_moves_nothing() {
 fn generated_frames_get_the_specified_verdict() {
     with_rig("generated_frames_get_the_specified_verdict", |rig| {
         let (e, a) = reply_to_up1();
-        let valid = arp(e, a);
+        let valid = arp_frame(e, a);
         let cfg1 = config(0, 0, UP1_MAC);
         // A bounded run here; `FAILOVER_FUZZ_CASES=200000 cargo test -p
         // failover-tests --test xdp_test_run generated` runs a long one.
@@ -458,7 +441,7 @@ fn inactive_uplink_drops_everything_but_probe_replies() {
         a.tha = UP2_MAC;
         e.src = GW2_MAC;
         a.sha = GW2_MAC;
-        assert_eq!(rig.run(up2, &arp(e, a)), Ok(XDP_DROP));
+        assert_eq!(rig.run(up2, &arp_frame(e, a)), Ok(XDP_DROP));
         assert_eq!(rig.counters(1).valid_replies, before.valid_replies + 1);
         assert_eq!(rig.counters(1).gateway_mac, Some(GW2_MAC));
     });

@@ -456,6 +456,9 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         if self.core.active(g).is_none() {
             return; // nothing decided yet: leave the datapath as it is
         }
+        // The map, not a copy of what was last written, is compared: a map
+        // re-pinned or written by hand is put right within one probe round,
+        // for one lookup (about a microsecond).
         match self.dp.group(g as u32) {
             Ok(Some(have)) if have == want => {}
             _ => {
@@ -904,8 +907,12 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                         self.apply_actions();
                         self.persist();
                         let message = match done {
-                            SwitchDone::Switched => format!("group {group}: traffic now on {uplink}"),
-                            SwitchDone::AlreadyActive => format!("group {group}: {uplink} is already active"),
+                            SwitchDone::Switched => {
+                                format!("group {group}: traffic now on {uplink}")
+                            }
+                            SwitchDone::AlreadyActive => {
+                                format!("group {group}: {uplink} is already active")
+                            }
                         };
                         Response { ok: true, message: Some(message), ..Response::default() }
                     }

@@ -400,11 +400,10 @@ impl Datapath for EbpfDatapath {
         for name in [MAP_UPLINKS, MAP_GROUPS, MAP_STATS, MAP_PROBES] {
             let path = self.pin_dir.join("maps").join(name);
             if !path.exists() {
-                map_ref(&self.ebpf, name)?.pin(&path).map_err(|e| DatapathError::PinLink {
-                    ifname: "-".into(),
-                    program: name,
+                map_ref(&self.ebpf, name)?.pin(&path).map_err(|source| DatapathError::PinMap {
+                    map: name,
                     path: path.clone(),
-                    source: Box::new(e),
+                    source,
                 })?;
                 restored.push(path);
             }

@@ -136,6 +136,13 @@ pub enum DatapathError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("map {map}: pinning it again at {path}")]
+    PinMap {
+        map: &'static str,
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
     #[error("interface {ifname}: detaching the link pinned at {path}")]
     Detach {
         ifname: String,

@@ -421,45 +421,38 @@ fn forced_switch_to_an_unhealthy_uplink_needs_force_and_holds() {
     assert_eq!(h.core.switch(3, 0, false, h.now), Err(SwitchRefused::NoSuchGroup(3)));
 }
 
+impl H {
+    /// A core restarted on `active` with `alarm` restored, then the links
+    /// of the two uplinks reported; returns the actions up to the first timeout.
+    fn restored(active: usize, alarm: Alarm, links: [Link; 2]) -> (Self, Vec<Action>) {
+        let mut h = Self::new(2, "never");
+        h.core.restore_active(0, active);
+        h.core.restore_alarm(alarm);
+        let mut a = h.link(0, links[0]);
+        a.extend(h.link(1, links[1]));
+        h.core.handle_timeout(h.now);
+        a.extend(h.drain());
+        (h, a)
+    }
+}
+
 #[test]
 fn a_restored_decision_is_kept_without_a_switchover() {
-    let cfg = config(2, "never");
-    let now = Instant::now();
-    let mut core = Core::new(&cfg, now);
-    core.restore_active(0, 1);
     let nic = Alarm { group: 0, uplink: Some(0), kind: AlarmKind::Replace(Part::Nic) };
-    core.restore_alarm(nic);
-    core.handle_link(0, 0, Link::Down, now);
-    core.handle_link(0, 1, Link::Up, now);
-    core.handle_timeout(now);
-    let a: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+    let (mut h, a) = H::restored(1, nic, [Link::Down, Link::Up]);
     assert!(switches(&a).is_empty(), "no flip on restart: {a:?}");
     assert!(!a.iter().any(|x| matches!(x, Action::RaiseAlarm(_))), "the alarm is not raised twice");
-    assert_eq!(core.active(0), Some(1));
-    core.handle_link(0, 0, Link::Up, now);
-    let a: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+    assert_eq!(h.core.active(0), Some(1));
+    let a = h.link(0, Link::Up);
     assert_eq!(a, vec![Action::ClearAlarm(nic)]);
 }
 
 #[test]
 fn a_restored_gateway_alarm_waits_for_evidence() {
-    let cfg = config(2, "never");
-    let mut now = Instant::now();
-    let mut core = Core::new(&cfg, now);
-    core.restore_active(0, 1);
     let gw = Alarm { group: 0, uplink: Some(0), kind: AlarmKind::Replace(Part::Gateway) };
-    core.restore_alarm(gw);
-    core.handle_link(0, 0, Link::Up, now);
-    core.handle_link(0, 1, Link::Up, now);
-    core.handle_timeout(now);
-    let a: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+    let (mut h, a) = H::restored(1, gw, [Link::Up, Link::Up]);
     assert!(!a.contains(&Action::ClearAlarm(gw)), "unknown is not healthy");
-    for n in 1..=4 {
-        now += INTERVAL;
-        core.handle_replies(0, 0, n, Some(GW_MAC));
-        core.handle_timeout(now);
-    }
-    let a: Vec<Action> = std::iter::from_fn(|| core.poll_action()).collect();
+    let a = h.ticks(4, &[0]);
     assert!(a.contains(&Action::ClearAlarm(gw)), "cleared once the gateway answers");
 }
 

@@ -17,27 +17,17 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use failover_agent::datapath::{Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode, ebpf::object};
-use failover_common::{
-    PROG_XDP,
-    frame::{ARP_OP_REPLY, Arp, EthHeader, build_arp},
-};
+use failover_common::PROG_XDP;
 use failover_tests::{
     Netns, PinDir,
     lab::{GW_IP, GW1_MAC, PROBE_IP, UP1_MAC, group_state, uplink},
-    packet::test_frame,
+    packet::{arp_reply, test_frame},
 };
 
 const REPEAT: u32 = 1_000_000;
 
 fn reply(spa: [u8; 4]) -> Vec<u8> {
-    let mut buf = [0u8; 64];
-    let n = build_arp(
-        &mut buf,
-        &EthHeader { dst: UP1_MAC, src: GW1_MAC, vlan: 0 },
-        &Arp { op: ARP_OP_REPLY, sha: GW1_MAC, spa, tha: UP1_MAC, tpa: PROBE_IP },
-    )
-    .expect("fits");
-    buf[..n].to_vec()
+    arp_reply(UP1_MAC, GW1_MAC, spa, UP1_MAC, PROBE_IP)
 }
 
 fn xdp_cost(pins: &PinDir, ifindex: u32) -> Vec<(&'static str, f64)> {

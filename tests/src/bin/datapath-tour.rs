@@ -8,12 +8,11 @@ use std::{
 };
 
 use failover_agent::datapath::{AttachOutcome, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode};
-use failover_common::frame::{ARP_OP_REPLY, Arp, EthHeader, build_arp};
 use failover_tests::{
     PacketSocket,
     lab::{GW_IP, GW1_MAC, GW2_MAC, PROBE_IP, SETTLE, TwoUplinks, UP1_MAC, UP2_MAC, arrivals, uplink, vm_frame},
     net::mac_str,
-    packet::parse_test_frame,
+    packet::{arp_reply, parse_test_frame},
 };
 
 fn step(n: u32, text: &str) {
@@ -30,14 +29,7 @@ fn check(ok: bool, what: &str) -> Result<(), String> {
 }
 
 fn probe_reply(own: [u8; 6], gw: [u8; 6], spa: [u8; 4]) -> Vec<u8> {
-    let mut buf = [0u8; 64];
-    let n = build_arp(
-        &mut buf,
-        &EthHeader { dst: own, src: gw, vlan: 0 },
-        &Arp { op: ARP_OP_REPLY, sha: gw, spa, tha: own, tpa: PROBE_IP },
-    )
-    .expect("fits");
-    buf[..n].to_vec()
+    arp_reply(own, gw, spa, own, PROBE_IP)
 }
 
 /// Sends `count` frames of `stream` at `rate`/s from `sock`; calls `at_half` halfway.
