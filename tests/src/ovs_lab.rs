@@ -13,6 +13,12 @@
 //! refuses to clobber an existing lab; [`down`] removes all of it, also what
 //! a crashed run left. Addresses only from 192.0.2.0/24 and `2001:db8::/32`,
 //! only inside the lab's namespaces.
+//!
+//! With [`LabSpec::tap_uplink`] one uplink is a TAP device instead of a
+//! veth (a physical NIC as linkwatch sees it, see [`crate::tap`]): `upN` in
+//! the host namespace is the tap, and a forwarder thread moves its frames
+//! to and from `wire`, a veth end in `<name>-tapN` whose peer is `gwN`.
+//! [`OvsLab::set_link`] then drops the tap's carrier (`TUNSETCARRIER`).
 
 use std::{
     fs,
@@ -27,6 +33,7 @@ use failover_agent::control::{Request, Response, Status};
 use crate::{
     Netns,
     agent_lab::{self, AgentProcess},
+    tap::{self, TapUplink},
     udp::{self, PORT, Report, Sink, Source},
 };
 
@@ -35,6 +42,10 @@ pub const GW1_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0a, 0x01];
 pub const GW2_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x0a, 0x02];
 pub const UP1_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x01];
 pub const UP2_MAC: [u8; 6] = [0x02, 0xfa, 0, 0, 0x01, 0x02];
+/// The forwarder's veth end of a TAP uplink, in `<name>-tapN`.
+pub const TAP_WIRE_DEV: &str = "wire";
+/// `other_config:stats-update-interval` of a lab with a TAP uplink (ms).
+pub const TAP_STATS_UPDATE_MS: u32 = 3_600_000;
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -52,6 +63,12 @@ pub struct LabSpec {
     pub bond: Option<BondDetect>,
     /// The agent's `xdp_mode` ("skb" or "native"), if not the default.
     pub xdp_mode: Option<&'static str>,
+    /// Which uplink (1 or 2), if any, is a TAP device with a forwarder
+    /// instead of a veth (see [`crate::tap`]). Such a lab also sets OVS's
+    /// `stats-update-interval` to an hour ([`TAP_STATS_UPDATE_MS`]): the
+    /// 5 s stats poll asks for each port's state, which flushes a pending
+    /// carrier event (up1's late notification would come early 1 time in 5).
+    pub tap_uplink: Option<u32>,
 }
 
 /// How an OVS active-backup bond notices a dead uplink.
@@ -74,6 +91,7 @@ impl LabSpec {
             probe_interval_ms: 20,
             bond: None,
             xdp_mode: None,
+            tap_uplink: None,
         }
     }
 
@@ -216,6 +234,8 @@ pub struct OvsLab {
     pub gw2: Netns,
     pub vms: Vec<Netns>,
     starts: u32,
+    /// The TAP uplink's forwarder, and the namespace of its veth end.
+    tap: Option<(TapUplink, Netns)>,
 }
 
 impl OvsLab {
@@ -223,7 +243,11 @@ impl OvsLab {
     pub fn up(spec: LabSpec) -> Result<Self, String> {
         crate::net::clean_stale();
         crate::net::ensure_bpffs();
+        if spec.tap_uplink.is_some_and(|n| n != 1 && n != 2) {
+            return Err(format!("tap_uplink {:?}: the lab has uplinks 1 and 2", spec.tap_uplink));
+        }
         let mut names = vec![spec.ns("host"), spec.ns("gw1"), spec.ns("gw2")];
+        names.extend(spec.tap_uplink.map(|n| spec.ns(&format!("tap{n}"))));
         names.extend((1..=spec.vms).map(|i| spec.ns(&format!("vm{i}"))));
         if let Some(taken) = names.iter().find(|n| ns_exists(n)) {
             return Err(format!(
@@ -250,8 +274,16 @@ impl OvsLab {
             ns.disable_ipv6();
         }
         let gw2_mac = if spec.shared_mac { GW1_MAC } else { GW2_MAC };
-        host.veth("up1", UP1_MAC, &gw1, "gw1", GW1_MAC);
-        host.veth("up2", UP2_MAC, &gw2, "gw2", gw2_mac);
+        let mut tap = None;
+        for (n, up, up_mac, gw, gw_dev, gw_mac) in
+            [(1, "up1", UP1_MAC, &gw1, "gw1", GW1_MAC), (2, "up2", UP2_MAC, &gw2, "gw2", gw2_mac)]
+        {
+            if spec.tap_uplink == Some(n) {
+                tap = Some(tap_uplink(&spec, &host, n, up, up_mac, gw, gw_dev, gw_mac)?);
+            } else {
+                host.veth(up, up_mac, gw, gw_dev, gw_mac);
+            }
+        }
         for (ns, dev) in [(&gw1, "gw1"), (&gw2, "gw2")] {
             ns.ip(&["addr", "add", "192.0.2.1/24", "dev", dev]);
             offloads_off(ns, dev);
@@ -266,9 +298,13 @@ impl OvsLab {
         }
         offloads_off(&host, "up1");
         offloads_off(&host, "up2");
-        let lab = Self { spec, host, gw1, gw2, vms, starts: 0 };
+        let lab = Self { spec, host, gw1, gw2, vms, starts: 0, tap };
         lab.start_ovsdb()?;
         lab.start_vswitchd()?;
+        if lab.spec.tap_uplink.is_some() {
+            let interval = format!("other_config:stats-update-interval={TAP_STATS_UPDATE_MS}");
+            lab.vsctl(&["--timeout=10", "set", "Open_vSwitch", ".", &interval])?;
+        }
         let mut add = vec!["--timeout=10", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev"];
         let ports: Vec<String> = ["up1".to_string(), "up2".to_string()]
             .into_iter()
@@ -382,9 +418,9 @@ impl OvsLab {
 
     /// The agent's rules on the bridge (canonical, sorted), read with ovs-ofctl.
     pub fn agent_flows(&self) -> Vec<String> {
-        let dump = self
-            .ofctl(&["-O", "OpenFlow14", "dump-flows", "BRIDGE", "cookie=0xfa11000000000000/-1", "--no-stats"])
-            .unwrap_or_default();
+        let cookie = failover_agent::ovs::cookie(failover_agent::agent::topology::GroupId::of("ext").0);
+        let filter = format!("cookie={cookie:#x}/-1");
+        let dump = self.ofctl(&["-O", "OpenFlow14", "dump-flows", "BRIDGE", &filter, "--no-stats"]).unwrap_or_default();
         failover_agent::ovs::parse_dump(&dump)
     }
 
@@ -490,13 +526,32 @@ impl OvsLab {
         LabTraffic { sinks, source: udp::source(&self.vms[0], to, stream, rate, rate * 120) }
     }
 
-    /// Cuts or restores uplink `n`'s link (1 or 2) from the gateway's end.
+    /// Cuts or restores uplink `n`'s link (1 or 2): a veth uplink from the
+    /// gateway's end (`ip link set gwN down`), a TAP uplink by its carrier
+    /// ([`OvsLab::set_carrier`]).
     pub fn set_link(&self, n: u32, up: bool) {
+        if self.spec.tap_uplink == Some(n) {
+            self.set_carrier(n, up);
+            return;
+        }
         let (ns, dev) = self.gw(n);
         ns.ip(&["link", "set", dev, if up { "up" } else { "down" }]);
         if up {
             offloads_off(ns, dev);
         }
+    }
+
+    /// Drops or restores the carrier of TAP uplink `n` with `TUNSETCARRIER`
+    /// on the tap fd, as a NIC losing its link; returns the instant taken
+    /// right before the ioctl. Panics if uplink `n` is not the TAP uplink.
+    pub fn set_carrier(&self, n: u32, up: bool) -> Instant {
+        let tap = self.tap(n).unwrap_or_else(|| panic!("uplink {n} is a veth, not a TAP: use set_link"));
+        tap.set_carrier(up).unwrap_or_else(|e| panic!("uplink {n}: {e}"))
+    }
+
+    /// TAP uplink `n`, if uplink `n` is the TAP one.
+    pub fn tap(&self, n: u32) -> Option<&TapUplink> {
+        self.tap.as_ref().filter(|_| self.spec.tap_uplink == Some(n)).map(|(t, _)| t)
     }
 
     /// Silences gateway `n` with its link up (its address goes).
@@ -521,13 +576,17 @@ impl OvsLab {
 
     /// A one-line description of the lab.
     pub fn describe(&self) -> String {
-        format!(
+        let mut d = format!(
             "namespaces {}-{{host,gw1,gw2,vm1..vm{}}}, OVS bridge {BRIDGE} (userspace datapath) in {}, files in {}",
             self.spec.name,
             self.vms.len(),
             self.host.name(),
             self.spec.dir.display()
-        )
+        );
+        if let (Some(n), Some((_, wire))) = (self.spec.tap_uplink, &self.tap) {
+            d += &format!("; uplink up{n} is a TAP, forwarded to {TAP_WIRE_DEV} in {}", wire.name());
+        }
+        d
     }
 }
 
@@ -535,7 +594,34 @@ impl Drop for OvsLab {
     fn drop(&mut self) {
         // Daemons, pins and files here; the namespaces' own guards delete them.
         down_files(&self.spec, &mut Vec::new());
+        // The forwarder holds the tap (and with it the host namespace)
+        // open: stop it before the namespaces go.
+        drop(self.tap.take());
     }
+}
+
+/// Uplink `n` as a TAP: `up` (the tap, with `up_mac`, up) in `host`, a
+/// namespace `<name>-tapN` holding [`TAP_WIRE_DEV`], a veth whose peer
+/// `gw_dev` goes to `gw`, and the forwarder between the tap and that end.
+#[expect(clippy::too_many_arguments, reason = "the same parameters as a veth uplink, plus which one")]
+fn tap_uplink(
+    spec: &LabSpec,
+    host: &Netns,
+    n: u32,
+    up: &str,
+    up_mac: [u8; 6],
+    gw: &Netns,
+    gw_dev: &str,
+    gw_mac: [u8; 6],
+) -> Result<(TapUplink, Netns), String> {
+    let wire = Netns::named(&spec.ns(&format!("tap{n}")));
+    wire.disable_ipv6();
+    wire.veth(TAP_WIRE_DEV, [0x02, 0xfa, 0, 0, 0x0d, n as u8], gw, gw_dev, gw_mac);
+    offloads_off(&wire, TAP_WIRE_DEV);
+    let tap = TapUplink::create(host, up, &wire, TAP_WIRE_DEV, tap::DEFAULT_DEADLINE)
+        .map_err(|e| format!("TAP uplink {up}: {e}"))?;
+    host.ip(&["link", "set", up, "address", &crate::net::mac_str(&up_mac), "up"]);
+    Ok((tap, wire))
 }
 
 fn offloads_off(ns: &Netns, dev: &str) {
