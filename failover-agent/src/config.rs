@@ -44,6 +44,9 @@ pub struct Agent {
     pub ovs_flows: bool,
     /// Where ovs-vswitchd keeps its sockets (`<bridge>.mgmt`).
     pub ovs_rundir: PathBuf,
+    /// Let the datapath fail over by itself on carrier loss and silent
+    /// gateways (the agent ratifies); off: only the agent decides.
+    pub kernel_failover: bool,
 }
 
 /// What happens when a higher-priority uplink is healthy again.
@@ -141,6 +144,7 @@ struct RawAgent {
     xdp_mode: Option<String>,
     ovs_flows: Option<bool>,
     ovs_rundir: Option<PathBuf>,
+    kernel_failover: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +291,16 @@ impl Validator<'_> {
             if !names.insert(group.name.clone()) {
                 return Err(self.err(Some(&group.name), None, "name", "two groups have this name"));
             }
+            // The datapath and OVS know a group by a hash of its name.
+            let id = crate::agent::topology::GroupId::of(&group.name);
+            if let Some(other) = groups.iter().find(|o: &&Group| crate::agent::topology::GroupId::of(&o.name) == id) {
+                return Err(self.err(
+                    Some(&group.name),
+                    None,
+                    "name",
+                    format!("its id (a hash of the name) is that of group {:?}: rename one of them", other.name),
+                ));
+            }
             for u in &group.uplinks {
                 if let Some((g2, u2)) = interfaces.insert(u.interface.clone(), (group.name.clone(), u.name.clone())) {
                     return Err(self.err(
@@ -346,6 +360,7 @@ impl Validator<'_> {
                 "/var/run/openvswitch",
                 "agent.ovs_rundir",
             )?,
+            kernel_failover: raw.kernel_failover.unwrap_or(true),
         })
     }
 

@@ -12,6 +12,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::failover::{Decider, Gateway, Link, Reason};
+use crate::failover::{AlarmKind as CoreAlarm, Part};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -44,6 +47,100 @@ pub enum Request {
         follow: bool,
     },
 }
+
+/// What an alarm is about, on the wire (`status`, the state file, events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmCode {
+    /// Replace the uplink's NIC.
+    #[default]
+    Nic,
+    /// Replace the uplink's gateway.
+    Gateway,
+    NoHealthyUplink,
+    Flapping,
+    /// A bridge's ovs-vswitchd does not answer.
+    OvsUnreachable,
+}
+
+impl AlarmCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nic => "nic",
+            Self::Gateway => "gateway",
+            Self::NoHealthyUplink => "no_healthy_uplink",
+            Self::Flapping => "flapping",
+            Self::OvsUnreachable => "ovs_unreachable",
+        }
+    }
+
+    /// The core's alarm of this kind, if it is one of the core's.
+    pub fn core(self) -> Option<CoreAlarm> {
+        Some(match self {
+            Self::Nic => CoreAlarm::Replace(Part::Nic),
+            Self::Gateway => CoreAlarm::Replace(Part::Gateway),
+            Self::NoHealthyUplink => CoreAlarm::NoHealthyUplink,
+            Self::Flapping => CoreAlarm::Flapping,
+            Self::OvsUnreachable => return None,
+        })
+    }
+}
+
+impl From<CoreAlarm> for AlarmCode {
+    fn from(k: CoreAlarm) -> Self {
+        match k {
+            CoreAlarm::Replace(Part::Nic) => Self::Nic,
+            CoreAlarm::Replace(Part::Gateway) => Self::Gateway,
+            CoreAlarm::NoHealthyUplink => Self::NoHealthyUplink,
+            CoreAlarm::Flapping => Self::Flapping,
+        }
+    }
+}
+
+/// What an event is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Switchover,
+    AlarmRaised,
+    AlarmCleared,
+    Link,
+    Gateway,
+    Ovs,
+    #[default]
+    Agent,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Switchover => "switchover",
+            Self::AlarmRaised => "alarm_raised",
+            Self::AlarmCleared => "alarm_cleared",
+            Self::Link => "link",
+            Self::Gateway => "gateway",
+            Self::Ovs => "ovs",
+            Self::Agent => "agent",
+        }
+    }
+}
+
+/// The wire enums compare with their names (`status.kind == "nic"`).
+macro_rules! eq_str {
+    ($($t:ty),*) => {$(
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    )*};
+}
+eq_str!(AlarmCode, EventKind, Link, Gateway, Reason, Decider);
 
 /// A response: `ok` and one of the payloads, or `ok: false` and `error`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +178,13 @@ pub struct AgentInfo {
     /// Where the metrics endpoint listens (`agent.metrics_listen`, resolved).
     pub metrics_listen: Option<String>,
     pub pid: u32,
+    /// Whether the datapath fails over by itself (`agent.kernel_failover`).
+    #[serde(default)]
+    pub kernel_failover: bool,
+    /// `None` when the datapath reads carrier itself; else why not (the
+    /// agent then decides link faults, from netlink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_carrier_off: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,14 +211,13 @@ pub struct OvsStatus {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[expect(clippy::struct_excessive_bools, reason = "the wire format of `status --json`: one flag per fact")]
 pub struct UplinkStatus {
     pub name: String,
     pub interface: String,
     pub ifindex: Option<u32>,
-    /// `up`, `down`, `absent` or `unknown`.
-    pub link: String,
-    /// `up`, `down` or `unknown`.
-    pub gateway: String,
+    pub link: Link,
+    pub gateway: Gateway,
     pub gateway_ip: String,
     pub gateway_mac: Option<String>,
     pub healthy: bool,
@@ -123,13 +226,18 @@ pub struct UplinkStatus {
     pub probes_sent: u64,
     pub replies: u64,
     pub replies_rejected: u64,
+    /// The datapath reads this uplink's carrier itself.
+    #[serde(default)]
+    pub kernel_carrier: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwitchoverStatus {
     pub from: Option<String>,
     pub to: String,
-    pub reason: String,
+    pub reason: Reason,
+    /// The agent, or the kernel's fast rule (ratified by the agent).
+    pub decided_by: Decider,
     pub at_unix_ms: u64,
     /// Decision to datapath map update, in microseconds.
     pub duration_us: Option<u64>,
@@ -139,8 +247,7 @@ pub struct SwitchoverStatus {
 pub struct AlarmStatus {
     pub group: String,
     pub uplink: Option<String>,
-    /// `nic`, `gateway`, `no_healthy_uplink` or `flapping`.
-    pub kind: String,
+    pub kind: AlarmCode,
     pub message: String,
     pub since_unix_ms: u64,
 }
@@ -148,9 +255,12 @@ pub struct AlarmStatus {
 /// A line of the agent's history (`failover-agent events`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// Numbers events in the order they happened (from 1 in each run of
+    /// the agent): `events --follow` resumes by it.
+    #[serde(default)]
+    pub seq: u64,
     pub at_unix_ms: u64,
-    /// `switchover`, `alarm_raised`, `alarm_cleared`, `link`, `gateway`, `agent`.
-    pub kind: String,
+    pub kind: EventKind,
     pub group: Option<String>,
     pub uplink: Option<String>,
     pub message: String,
@@ -384,7 +494,7 @@ pub fn render_status(status: &Status, now_unix_ms: u64) -> String {
                 "  last switchover: {} -> {} ({}), {ago} s ago{}",
                 s.from.as_deref().unwrap_or("-"),
                 s.to,
-                s.reason,
+                if s.decided_by == Decider::Kernel { format!("{}, by the kernel", s.reason) } else { s.reason.to_string() },
                 s.duration_us.map_or(String::new(), |us| format!(", map updated in {us} us"))
             );
         }
@@ -395,7 +505,7 @@ pub fn render_status(status: &Status, now_unix_ms: u64) -> String {
                 [
                     format!("{}{}", if u.active { "* " } else { "  " }, u.name),
                     u.interface.clone(),
-                    u.link.clone(),
+                    u.link.to_string(),
                     format!("{} {}", u.gateway_ip, u.gateway),
                     u.gateway_mac.clone().unwrap_or_else(|| "-".into()),
                     if u.healthy {
@@ -477,7 +587,8 @@ mod tests {
                 last_switchover: Some(SwitchoverStatus {
                     from: Some("primary".into()),
                     to: "standby".into(),
-                    reason: "nic_fault".into(),
+                    reason: Reason::NicFault,
+                    decided_by: Decider::Agent,
                     at_unix_ms: 1_000,
                     duration_us: Some(42),
                 }),
@@ -485,16 +596,16 @@ mod tests {
                     UplinkStatus {
                         name: "primary".into(),
                         interface: "eth1".into(),
-                        link: "down".into(),
-                        gateway: "unknown".into(),
+                        link: Link::Down,
+                        gateway: Gateway::Unknown,
                         gateway_ip: "192.0.2.1".into(),
                         ..UplinkStatus::default()
                     },
                     UplinkStatus {
                         name: "standby".into(),
                         interface: "eth2".into(),
-                        link: "up".into(),
-                        gateway: "up".into(),
+                        link: Link::Up,
+                        gateway: Gateway::Up,
                         gateway_ip: "192.0.2.1".into(),
                         gateway_mac: Some("02:00:00:00:0a:02".into()),
                         healthy: true,
@@ -508,7 +619,7 @@ mod tests {
             alarms: vec![AlarmStatus {
                 group: "ext".into(),
                 uplink: Some("primary".into()),
-                kind: "nic".into(),
+                kind: AlarmCode::Nic,
                 message: "replace NIC of uplink primary (eth1) in group ext".into(),
                 since_unix_ms: 1_000,
             }],

@@ -153,7 +153,7 @@ fn main() -> ExitCode {
                 if json {
                     println!("{}", serde_json::to_string(e).unwrap_or_default());
                 } else {
-                    println!("{}  {:<14} {}", control::format_unix_ms(e.at_unix_ms), e.kind, e.message);
+                    println!("{}  {:<14} {}", control::format_unix_ms(e.at_unix_ms), e.kind.as_str(), e.message);
                 }
             };
             if follow {
@@ -185,9 +185,23 @@ fn main() -> ExitCode {
             }
             if c.agent.ovs_flows {
                 let ovs = failover_agent::ovs::OvsCli::new(&c.agent.ovs_rundir);
-                for (g, group) in c.groups.iter().enumerate() {
-                    match ovs.remove(&group.bridge, g as u32) {
-                        Ok(()) => println!("removed the agent's rules of group {} from {}", group.name, group.bridge),
+                let bridges: std::collections::BTreeSet<&str> = c.groups.iter().map(|g| g.bridge.as_str()).collect();
+                for bridge in bridges {
+                    // Every rule with the agent's cookie, of any group, configured or not.
+                    match failover_agent::agent::reconcile::ovs::remove_orphans(&ovs, bridge, &std::collections::BTreeSet::new()) {
+                        Ok(removed) => {
+                            for cookie in removed {
+                                match c.groups.iter().find(|g| {
+                                    failover_agent::ovs::cookie(failover_agent::agent::topology::GroupId::of(&g.name).0)
+                                        == cookie
+                                }) {
+                                    Some(g) => println!("removed the agent's rules of group {} from {bridge}", g.name),
+                                    None => println!(
+                                        "removed the agent's rules with cookie {cookie:#x} (a group no longer configured) from {bridge}"
+                                    ),
+                                }
+                            }
+                        }
                         Err(e) => eprintln!("warning: {e} (the rules go with the next ovs-vswitchd restart)"),
                     }
                 }

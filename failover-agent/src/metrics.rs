@@ -39,6 +39,7 @@ pub struct Metrics {
     pub probe_rtt: HistogramVec,
     pub switchover_duration: HistogramVec,
     pub build_info: IntGaugeVec,
+    pub kernel_carrier: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,10 +106,15 @@ impl Metrics {
                 "1 while the bridge answers over OpenFlow",
                 &["bridge"],
             ),
+            kernel_carrier: gauge(
+                "failover_kernel_carrier_reads",
+                "1 while the datapath reads this uplink's carrier itself (its fast rule covers link faults); 0: the agent decides them",
+                &["group", "uplink"],
+            ),
             switchovers: counter(
                 "failover_switchovers_total",
                 "Switchovers of the active uplink",
-                &["group", "from", "to", "reason"],
+                &["group", "from", "to", "reason", "decided_by"],
             ),
             probes_sent: counter(
                 "failover_probes_sent_total",
@@ -174,7 +180,15 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: Metrics) {
+/// Asks the agent to bring the gauges up to date before a scrape; the
+/// answer comes back on the oneshot.
+pub type Refresh = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>;
+
+/// How long a scrape waits for the agent's refresh before it answers with
+/// the gauges as they are.
+pub const REFRESH_TIMEOUT: Duration = Duration::from_millis(500);
+
+async fn handle(mut stream: TcpStream, metrics: Metrics, refresh: Option<Refresh>) {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     let read = tokio::time::timeout(CLIENT_TIMEOUT, async {
@@ -196,7 +210,20 @@ async fn handle(mut stream: TcpStream, metrics: Metrics) {
         Err(_) => (408, "text/plain; charset=utf-8", "request timeout\n".to_string()),
         Ok(None) => return,
         Ok(Some(false)) => (431, "text/plain; charset=utf-8", "request head too large\n".to_string()),
-        Ok(Some(true)) => respond(&String::from_utf8_lossy(&buf[..len]), &metrics),
+        Ok(Some(true)) => {
+            let head = String::from_utf8_lossy(&buf[..len]).into_owned();
+            // The gauges are read at scrape time (a collector), not kept
+            // up to date on every wakeup of the agent.
+            if head.starts_with("GET /metrics")
+                && let Some(refresh) = &refresh
+            {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                if refresh.send(done).await.is_ok() {
+                    let _ = tokio::time::timeout(REFRESH_TIMEOUT, wait).await;
+                }
+            }
+            respond(&head, &metrics)
+        }
     };
     let mut answer = format!(
         "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -213,13 +240,14 @@ async fn handle(mut stream: TcpStream, metrics: Metrics) {
 }
 
 /// Serves `metrics` on `listener`, each client on its own task with
-/// timeouts, so a slow client holds up nobody.
-pub async fn serve(listener: TcpListener, metrics: Metrics) {
+/// timeouts, so a slow client holds up nobody; before each scrape the agent
+/// is asked (`refresh`) to bring its gauges up to date.
+pub async fn serve(listener: TcpListener, metrics: Metrics, refresh: Option<Refresh>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 debug!(%peer, "metrics request");
-                tokio::spawn(handle(stream, metrics.clone()));
+                tokio::spawn(handle(stream, metrics.clone(), refresh.clone()));
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -240,7 +268,8 @@ mod tests {
         m.no_healthy_uplink.with_label_values(&["ext"]).set(0);
         m.flapping.with_label_values(&["ext"]).set(0);
         m.ovs_reachable.set(1);
-        m.switchovers.with_label_values(&["ext", "primary", "standby", "nic_fault"]).inc();
+        m.switchovers.with_label_values(&["ext", "primary", "standby", "nic_fault", "kernel"]).inc();
+        m.kernel_carrier.with_label_values(&["ext", "primary"]).set(1);
         m.probes_sent.with_label_values(&["ext", "primary"]).inc_by(10);
         m.probe_replies.with_label_values(&["ext", "primary"]).inc_by(9);
         m.probe_replies_rejected.with_label_values(&["ext", "primary"]).inc();
@@ -255,7 +284,8 @@ mod tests {
             "failover_no_healthy_uplink{group=\"ext\"} 0",
             "failover_flapping{group=\"ext\"} 0",
             "failover_ovs_reachable 1",
-            "failover_switchovers_total{from=\"primary\",group=\"ext\",reason=\"nic_fault\",to=\"standby\"} 1",
+            "failover_kernel_carrier_reads{group=\"ext\",uplink=\"primary\"} 1",
+            "failover_switchovers_total{decided_by=\"kernel\",from=\"primary\",group=\"ext\",reason=\"nic_fault\",to=\"standby\"} 1",
             "failover_probes_sent_total{group=\"ext\",uplink=\"primary\"} 10",
             "failover_probe_replies_total{group=\"ext\",uplink=\"primary\"} 9",
             "failover_probe_replies_rejected_total{group=\"ext\",uplink=\"primary\"} 1",
@@ -286,7 +316,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let m = Metrics::new();
         m.ovs_reachable.set(1);
-        tokio::spawn(serve(listener, m));
+        tokio::spawn(serve(listener, m, None));
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
         let mut out = String::new();

@@ -24,6 +24,10 @@ pub struct State {
     /// Group name -> its active uplink's name.
     pub active: BTreeMap<String, String>,
     pub alarms: Vec<PersistedAlarm>,
+    /// The bridges the agent kept OpenFlow rules on: a bridge no longer
+    /// configured gets its rules removed at the next start.
+    #[serde(default)]
+    pub bridges: Vec<String>,
 }
 
 /// An open alarm.
@@ -32,8 +36,7 @@ pub struct State {
 pub struct PersistedAlarm {
     pub group: String,
     pub uplink: Option<String>,
-    /// `nic`, `gateway`, `no_healthy_uplink` or `flapping`.
-    pub kind: String,
+    pub kind: crate::control::AlarmCode,
     /// When it was raised (Unix time, milliseconds).
     pub since_unix_ms: u64,
 }
@@ -122,9 +125,10 @@ mod tests {
             alarms: vec![PersistedAlarm {
                 group: "ext".into(),
                 uplink: Some("primary".into()),
-                kind: "nic".into(),
+                kind: crate::control::AlarmCode::Nic,
                 since_unix_ms: 1_700_000_000_000,
             }],
+            bridges: vec!["br-ext".into()],
         };
         save(&dir, &state).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(state));

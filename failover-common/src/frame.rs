@@ -271,7 +271,10 @@ pub enum Egress {
 }
 
 /// The egress decision for a non-probe frame with destination `dst` leaving
-/// uplink `ifindex` of a group in state `group`.
+/// uplink `ifindex` of a group in state `group`. Unicast leaving an inactive
+/// uplink is redirected only from the uplink the bridge's rules point at
+/// (`steer_ifindex`, when known): a copy the bridge flooded to another
+/// inactive uplink is dropped, so nothing arrives twice.
 #[inline(always)]
 pub fn egress_action(ifindex: u32, dst: &[u8; 6], group: &GroupState) -> Egress {
     if group.active_ifindex == 0 {
@@ -292,7 +295,10 @@ pub fn egress_action(ifindex: u32, dst: &[u8; 6], group: &GroupState) -> Egress 
     match (active, new_dst) {
         (true, None) => Egress::Pass,
         (true, Some(mac)) => Egress::Rewrite(mac),
-        (false, new_dst) if group.flags & GROUP_REDIRECT_INACTIVE != 0 => {
+        (false, new_dst)
+            if group.flags & GROUP_REDIRECT_INACTIVE != 0
+                && (group.steer_ifindex == 0 || group.steer_ifindex == ifindex) =>
+        {
             Egress::Redirect { ifindex: group.active_ifindex, new_dst }
         }
         (false, _) => Egress::Drop,

@@ -26,6 +26,7 @@ pub fn cfg4() -> UplinkConfig {
     UplinkConfig {
         group: 0,
         slot: 0,
+        ident: 0,
         own_mac: OWN_MAC,
         gateway_mac: [0; 6],
         gateway_ip: v4(GW_IP),
@@ -330,7 +331,10 @@ fn every_truncation_of_a_valid_reply_is_malformed_or_ignored() {
 fn group(active: u32) -> GroupState {
     let mut g = GroupState::inactive();
     g.active_ifindex = active;
-    g.gateway_count = 2;
+    g.member_count = 2;
+    g.members[0].ifindex = 1;
+    g.members[1].ifindex = 2;
+    g.mac_known = 0b11;
     g.gateway_macs[0] = GW_MAC;
     g.gateway_macs[1] = GW2_MAC;
     g.active_gateway_mac = if active == 1 { GW_MAC } else { GW2_MAC };
@@ -402,4 +406,17 @@ proptest! {
             prop_assert!(!matches!(got, Ingress::ValidReply { .. }), "pos {} byte {}: {:?}", pos, byte, got);
         }
     }
+}
+
+#[test]
+fn only_the_uplink_the_rules_point_at_redirects() {
+    // Three uplinks; the bridge's rules still point at 1, the kernel moved to 2.
+    let mut g = group(2);
+    g.member_count = 3;
+    g.members[2].ifindex = 3;
+    g.steer_ifindex = 1;
+    assert!(matches!(egress_action(1, &GW_MAC, &g), Egress::Redirect { ifindex: 2, .. }));
+    assert_eq!(egress_action(3, &GW_MAC, &g), Egress::Drop, "a flooded copy leaving another inactive uplink");
+    g.steer_ifindex = 0;
+    assert!(matches!(egress_action(3, &GW_MAC, &g), Egress::Redirect { ifindex: 2, .. }), "steering unknown");
 }

@@ -8,6 +8,7 @@
 #![no_std]
 
 pub mod frame;
+pub mod rule;
 pub mod types;
 
 pub use types::*;

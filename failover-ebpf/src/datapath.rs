@@ -1,13 +1,15 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_redirect},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use failover_common::{
-    GroupState, MAX_GROUPS, MAX_UPLINKS, PROBE_MARK, ProbeCount, UplinkConfig, UplinkStats,
+    DEV_WINDOW_LEN, DevRef, GroupState, KEVENTS_BYTES, KernelSwitch, MAX_GROUP_UPLINKS, MAX_GROUPS, MAX_UPLINKS,
+    PROBE_MARK, ProbeCount, UplinkConfig, UplinkStats,
     frame::{Egress, Frame, Ingress, classify_ingress, egress_action},
+    rule::{Fault, Policy, choose, probes_unanswered, silent},
 };
 
 /// The map flag that makes a hash map allocate each element on update, so an
@@ -25,6 +27,240 @@ static STATS: PerCpuArray<UplinkStats> = PerCpuArray::pinned(MAX_UPLINKS, 0);
 
 #[map(name = "PROBES")]
 static PROBES: Array<ProbeCount> = Array::pinned(MAX_UPLINKS, 0);
+
+#[map(name = "DEVS")]
+static DEVS: Array<DevRef> = Array::pinned(MAX_UPLINKS, 0);
+
+/// Room for the group state the kernel writes when it switches by itself
+/// (too big for the BPF stack next to everything else).
+#[map(name = "SCRATCH")]
+static SCRATCH: PerCpuArray<GroupState> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "KEVENTS")]
+static KEVENTS: RingBuf = RingBuf::pinned(KEVENTS_BYTES, 0);
+
+// Set by the agent at load time from the running kernel's BTF (`.rodata`:
+// the verifier sees constants). With FA_CARRIER_READS = 0 no kernel memory
+// is read and the carrier half of the fast rule is off.
+#[unsafe(no_mangle)]
+static FA_CARRIER_READS: u32 = 0;
+#[unsafe(no_mangle)]
+static FA_OFF_SKB_DEV: u32 = 0;
+#[unsafe(no_mangle)]
+static FA_DEV_WINDOW: u32 = 0;
+#[unsafe(no_mangle)]
+static FA_DEV_STATE: u32 = 0;
+#[unsafe(no_mangle)]
+static FA_DEV_FLAGS: u32 = 0;
+#[unsafe(no_mangle)]
+static FA_DEV_IFINDEX: u32 = 0;
+
+/// `net_device.flags`: administratively up.
+const IFF_UP: u32 = 1;
+/// `net_device.state` bits (`enum netdev_state_t`).
+const LINK_STATE_START: u64 = 1 << 0;
+const LINK_STATE_PRESENT: u64 = 1 << 1;
+const LINK_STATE_NOCARRIER: u64 = 1 << 2;
+
+#[inline(always)]
+fn global(g: &'static u32) -> u32 {
+    // SAFETY: a global of the object; volatile so the value the agent set
+    // at load time is read, not the compile-time zero.
+    unsafe { core::ptr::read_volatile(g) }
+}
+
+/// What a read of a `net_device` says about an uplink's carrier.
+const DEV_UNKNOWN: u32 = 0;
+const DEV_USABLE: u32 = 1;
+const DEV_LOST: u32 = 2;
+
+/// Reads the `net_device` at `addr`: [`DEV_UNKNOWN`] when the read fails
+/// or the device there is not `ifindex` (the memory was reused), else
+/// [`DEV_USABLE`] or [`DEV_LOST`] (down, not present, no carrier).
+#[inline(always)]
+fn read_dev(addr: u64, ifindex: u32) -> u32 {
+    let Some(base) = addr.checked_add(u64::from(global(&FA_DEV_WINDOW))) else {
+        return DEV_UNKNOWN;
+    };
+    let mut win = [0u8; DEV_WINDOW_LEN];
+    // SAFETY: bpf_probe_read_kernel copes with any address (it fails
+    // rather than faults); the ifindex read back is checked below.
+    if unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut win) }.is_err() {
+        return DEV_UNKNOWN;
+    }
+    let (st, fl, ix) = (global(&FA_DEV_STATE) as usize, global(&FA_DEV_FLAGS) as usize, global(&FA_DEV_IFINDEX) as usize);
+    if st + 8 > DEV_WINDOW_LEN || fl + 4 > DEV_WINDOW_LEN || ix + 4 > DEV_WINDOW_LEN {
+        return DEV_UNKNOWN;
+    }
+    let read_ifindex = u32::from_ne_bytes([win[ix], win[ix + 1], win[ix + 2], win[ix + 3]]);
+    if read_ifindex != ifindex {
+        return DEV_UNKNOWN;
+    }
+    // `state` is an unsigned long: its low byte holds the bits used here.
+    let state = u64::from(win[st]);
+    let flags = u32::from_ne_bytes([win[fl], win[fl + 1], win[fl + 2], win[fl + 3]]);
+    if flags & IFF_UP == 0
+        || state & LINK_STATE_START == 0
+        || state & LINK_STATE_PRESENT == 0
+        || state & LINK_STATE_NOCARRIER != 0
+    {
+        DEV_LOST
+    } else {
+        DEV_USABLE
+    }
+}
+
+/// Whether the device of the uplink in `slot` (ifindex `ifindex`) has lost
+/// its carrier, gone down or away. `false` when not known: the kernel only
+/// acts on what it has read.
+#[inline(always)]
+fn carrier_lost(slot: u32, ifindex: u32) -> bool {
+    if global(&FA_CARRIER_READS) == 0 {
+        return false;
+    }
+    let Some(dev) = DEVS.get(slot) else {
+        return false;
+    };
+    if dev.addr == 0 || dev.ifindex != ifindex {
+        return false;
+    }
+    read_dev(dev.addr, ifindex) == DEV_LOST
+}
+
+/// Records where the kernel keeps the device `ctx` leaves by, if it is not
+/// recorded yet (run for probes: once per probe interval per uplink).
+#[inline(never)]
+fn record_dev(skb: u64, slot: u32, ifindex: u32) {
+    if global(&FA_CARRIER_READS) == 0 {
+        return;
+    }
+    let Some(p) = DEVS.get_ptr_mut(slot) else {
+        return;
+    };
+    let at = skb.wrapping_add(u64::from(global(&FA_OFF_SKB_DEV)));
+    let mut raw = [0u8; 8];
+    // SAFETY: reads the skb's `dev` pointer; a failed read records nothing.
+    if unsafe { bpf_probe_read_kernel_buf(at as *const u8, &mut raw) }.is_err() {
+        return;
+    }
+    let addr = u64::from_ne_bytes(raw);
+    // SAFETY: a valid map value.
+    let known = unsafe { (*p).addr == addr && (*p).ifindex == ifindex };
+    if known || addr == 0 || read_dev(addr, ifindex) == DEV_UNKNOWN {
+        return;
+    }
+    // SAFETY: a valid map value; a torn read by another CPU is caught by
+    // the ifindex check before any use.
+    unsafe {
+        (*p).addr = addr;
+        (*p).ifindex = ifindex;
+    }
+}
+
+/// Results of the fast rule's reads, kept out of the verifier's sight: a
+/// subprogram's return value is known to the verifier path by path, and
+/// eight of them multiply into millions of paths. Written to and read back
+/// from this map, a result is one unknown value. `[0]`: bit i set when
+/// member i is faulty; `[1]`: the active member's fault code.
+#[map(name = "FAULTS")]
+static FAULTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
+
+/// Looks at one member: writes its fault into `FAULTS` (`bit` into `[0]`
+/// when `bit` is not 0, else the fault code into `[1]`). A subprogram of
+/// its own (scalars in, nothing out): its stack, a device window, is not
+/// repeated for every member the rule looks at.
+#[inline(never)]
+fn member_fault(slot: u32, ifindex: u32, down_after: u32, silence_ns: u64, bit: u32) {
+    let code = if ifindex == 0 || carrier_lost(slot, ifindex) {
+        Fault::Carrier.code()
+    } else {
+        match PROBES.get(slot) {
+            Some(p) if probes_unanswered(p, down_after as u16) => {
+                // SAFETY: helper without preconditions.
+                let now = unsafe { bpf_ktime_get_ns() };
+                if silent(p, down_after as u16, silence_ns, now) { Fault::Silence.code() } else { 0 }
+            }
+            _ => 0,
+        }
+    };
+    let index = if bit == 0 { 1 } else { 0 };
+    if let Some(out) = FAULTS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU value only this program run uses.
+        unsafe {
+            if bit == 0 {
+                *out = code;
+            } else if code != 0 {
+                *out |= bit;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn faults(index: u32) -> u32 {
+    // SAFETY: a per-CPU value only this program run uses.
+    FAULTS.get(index).map_or(0, |v| unsafe { core::ptr::read_volatile(v) })
+}
+
+/// The fast rule, on a frame about to leave by the group's active uplink:
+/// if that uplink is faulty, the kernel moves the group by itself (one map
+/// update) and tells the agent. Returns 1 when it did; the new state is
+/// then in `SCRATCH[0]`. (A subprogram of its own, scalars out: it keeps
+/// the entry point's stack small.)
+#[inline(never)]
+fn fast_rule(group_id: u32, group: &GroupState) -> u32 {
+    let policy = Policy::of(group);
+    if policy.hold {
+        return 0;
+    }
+    let Some(active) = group.active_index() else {
+        return 0;
+    };
+    let (down_after, silence_ns) = (u32::from(group.down_after), group.silence_ns);
+    let m = group.members[active];
+    member_fault(m.slot, m.ifindex, down_after, silence_ns, 0);
+    let Some(fault) = Fault::from_code(faults(1)) else {
+        return 0;
+    };
+    if let Some(out) = FAULTS.get_ptr_mut(0) {
+        // SAFETY: as above.
+        unsafe { *out = 0 };
+    }
+    let mut i = 0;
+    while i < MAX_GROUP_UPLINKS {
+        if i < policy.count && i != active && policy.allowed & (1 << i) != 0 {
+            let m = group.members[i];
+            member_fault(m.slot, m.ifindex, down_after, silence_ns, 1 << i);
+        }
+        i += 1;
+    }
+    let Some(to) = choose(&policy, active, faults(0) as u8) else {
+        return 0;
+    };
+    let Some(next) = SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU value only this program run uses.
+    let next = unsafe {
+        *next = *group;
+        (*next).switch_to(to);
+        &*next
+    };
+    if GROUPS.insert(&group_id, next, 0).is_err() {
+        return 0;
+    }
+    let event = KernelSwitch {
+        group: group_id,
+        from_ifindex: group.active_ifindex,
+        to_ifindex: next.active_ifindex,
+        reason: fault.code(),
+        // SAFETY: helper without preconditions.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // A full ring (the agent away for long): the map says it all the same.
+    let _ = KEVENTS.output::<KernelSwitch>(&event, 0);
+    1
+}
 
 // The two counters are shared by all CPUs and updated without atomics (the
 // target's core has none): `sent` has one writer in practice (the agent's
@@ -45,7 +281,8 @@ fn probe_sent(slot: u32) {
 }
 
 /// Whether a reply on `slot` answers a probe not answered yet; if so, it
-/// is counted as the answer.
+/// is counted as the answer, and every probe sent so far as answered (the
+/// gateway's liveness: [`failover_common::rule::silent`]).
 #[inline(always)]
 fn reply_solicited(slot: u32) -> bool {
     let Some(p) = PROBES.get_ptr_mut(slot) else {
@@ -59,6 +296,8 @@ fn reply_solicited(slot: u32) -> bool {
             return false;
         }
         core::ptr::write_volatile(&raw mut (*p).answered, answered + 1);
+        core::ptr::write_volatile(&raw mut (*p).acked, sent);
+        core::ptr::write_volatile(&raw mut (*p).last_reply_ns, bpf_ktime_get_ns());
     }
     true
 }
@@ -166,6 +405,7 @@ fn try_tc_egress(ctx: &TcContext) -> i32 {
             s.probes_out += 1;
         }
         probe_sent(slot);
+        record_dev(ctx.skb.skb as u64, slot, ifindex);
         return TC_ACT_OK as i32;
     }
     // SAFETY: as above.
@@ -175,7 +415,21 @@ fn try_tc_egress(ctx: &TcContext) -> i32 {
     let Ok(dst) = ctx.load::<[u8; 6]>(0) else {
         return TC_ACT_OK as i32; // shorter than a MAC: not ours to judge
     };
-    match egress_action(ifindex, &dst, group) {
+    let mut action = egress_action(ifindex, &dst, group);
+    // A frame about to leave by the active uplink (here, or redirected to
+    // it): the fast rule first.
+    let via_active = match action {
+        Egress::Pass | Egress::Rewrite(_) => ifindex == group.active_ifindex,
+        Egress::Redirect { .. } => true,
+        Egress::Drop => false,
+    };
+    if via_active
+        && fast_rule(group_id, group) != 0
+        && let Some(next) = SCRATCH.get(0)
+    {
+        action = egress_action(ifindex, &dst, next);
+    }
+    match action {
         Egress::Pass => TC_ACT_OK as i32,
         Egress::Drop => {
             if let Some(s) = stats(slot) {

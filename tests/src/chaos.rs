@@ -124,7 +124,7 @@ pub fn run(o: &ChaosOptions) -> Result<ChaosReport, String> {
                 .alarms
                 .iter()
                 .filter(|a| a.kind == "nic" || a.kind == "gateway")
-                .map(|a| (a.kind.clone(), a.uplink.clone().unwrap_or_default()))
+                .map(|a| (a.kind.to_string(), a.uplink.clone().unwrap_or_default()))
                 .collect();
             if have != world.expected_alarms() {
                 let v = format!("alarms {have:?} do not match the faults {:?}", world.expected_alarms());

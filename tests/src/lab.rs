@@ -58,6 +58,7 @@ pub fn uplink(slot: u32, own_mac: [u8; 6]) -> UplinkConfig {
     UplinkConfig {
         group: 0,
         slot,
+        ident: slot + 1,
         own_mac,
         gateway_mac: [0; 6],
         gateway_ip,
@@ -71,7 +72,8 @@ pub fn uplink(slot: u32, own_mac: [u8; 6]) -> UplinkConfig {
 pub fn group_state(active_ifindex: u32, active_mac: [u8; 6]) -> GroupState {
     let mut g = GroupState::inactive();
     g.active_ifindex = active_ifindex;
-    g.gateway_count = 2;
+    g.member_count = 2;
+    g.mac_known = 0b11;
     g.gateway_macs[0] = GW1_MAC;
     g.gateway_macs[1] = GW2_MAC;
     g.active_gateway_mac = active_mac;
@@ -91,7 +93,7 @@ impl TwoUplinks {
         host.veth("up1", UP1_MAC, &gw1_ns, "gw1", GW1_MAC);
         host.veth("up2", UP2_MAC, &gw2_ns, "gw2", GW2_MAC);
         let pins = PinDir::new();
-        let opts = DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: mode };
+        let opts = DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: mode, carrier_reads: true };
         let (dp, up1, up2, bridge1, bridge2) = host.run(|| {
             let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
             assert_eq!(

@@ -67,7 +67,7 @@ fn a_nic_fault_fires_its_alert_in_prometheus_and_recovery_resolves_it() {
         "failover_active_uplink{group=\"ext\",uplink=\"primary\"} 1",
         "failover_gateway_reachable{group=\"ext\",uplink=\"standby\"} 1",
         "failover_probe_rtt_seconds_count{group=\"ext\",uplink=\"primary\"}",
-        "failover_switchovers_total{from=\"-\",group=\"ext\",reason=\"startup\",to=\"primary\"} 1",
+        "failover_switchovers_total{decided_by=\"agent\",from=\"-\",group=\"ext\",reason=\"startup\",to=\"primary\"} 1",
     ] {
         assert!(text.contains(metric), "missing {metric}:\n{text}");
     }

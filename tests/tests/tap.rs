@@ -179,7 +179,7 @@ fn a_tap_uplink_losing_its_carrier_is_left_by_the_kernel_at_once() {
     std::thread::sleep((event.at + Duration::from_millis(100)).saturating_duration_since(Instant::now()));
     let cut = lab.set_carrier(1, false);
     let down = wait_carrier(&mut mon, up1, false, "up1");
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_secs(1));
     let r = t.finish();
     let s = lab.wait_for("standby active, NIC alarm", Duration::from_secs(2), |s| {
         s.groups[0].active.as_deref() == Some("standby")

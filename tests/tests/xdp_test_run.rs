@@ -58,6 +58,7 @@ fn config(slot: u32, group: u32, own_mac: [u8; 6]) -> UplinkConfig {
     UplinkConfig {
         group,
         slot,
+        ident: slot + 1,
         own_mac,
         gateway_mac: [0; 6],
         gateway_ip: v4(GW_IP),
@@ -75,7 +76,7 @@ fn cfg_up3() -> UplinkConfig {
 impl Rig {
     /// Must run inside `host`'s namespace.
     fn new(pins: &PinDir) -> Self {
-        let opts = DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native };
+        let opts = DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native, carrier_reads: true };
         let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
         dp.attach_uplink("up1", &config(0, 0, UP1_MAC)).expect("attach up1");
         dp.attach_uplink("up2", &config(1, 0, UP2_MAC)).expect("attach up2");
@@ -108,7 +109,7 @@ impl Rig {
     fn set_probes(&mut self, slot: u32, sent: u64, answered: u64) {
         let mut probes: aya::maps::Array<_, ProbeCount> =
             aya::maps::Array::try_from(self.runner.map_mut(MAP_PROBES).unwrap()).unwrap();
-        probes.set(slot, ProbeCount { sent, answered }, 0).unwrap();
+        probes.set(slot, ProbeCount { sent, answered, ..ProbeCount::default() }, 0).unwrap();
     }
 
     /// Runs the XDP program on `frame` as if it arrived on `ifindex`.

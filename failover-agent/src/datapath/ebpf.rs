@@ -1,8 +1,13 @@
 //! The real datapath: the embedded eBPF object, loaded with aya.
 //!
 //! Pins (under [`DatapathOptions::pin_dir`], which must be on a bpffs):
-//! - `maps/UPLINKS`, `maps/GROUPS`, `maps/STATS`, `maps/PROBES`: reused by every later load,
-//!   so a restarted agent sees and steers the same datapath;
+//! - `maps/UPLINKS`, `maps/GROUPS`, `maps/STATS`, `maps/PROBES`, `maps/DEVS`,
+//!   `maps/KEVENTS`: reused by every later load, so a restarted agent sees
+//!   and steers the same datapath;
+//! - `layout-v<N>/`: the maps' layout version ([`LAYOUT_VERSION`]). Pins of
+//!   another layout (an older agent) are not reused: their programs are
+//!   detached and their maps removed before the new ones are pinned, so new
+//!   user space is never paired with old programs or old map layouts;
 //! - `links/xdp-<ifname>-<ifindex>`, `links/tc-<ifname>-<ifindex>`: the
 //!   program links. A link pin keeps its program attached after the agent
 //!   exits; a later attach finds the pin and leaves the link alone. The
@@ -16,19 +21,21 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
     },
 };
 use failover_common::{
-    GroupState, MAP_GROUPS, MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_XDP, ProbeCount,
-    UplinkConfig, UplinkStats,
+    DEV_WINDOW_LEN, DevRef, GLOBAL_CARRIER_READS, GLOBAL_DEV_FLAGS, GLOBAL_DEV_IFINDEX, GLOBAL_DEV_STATE,
+    GLOBAL_DEV_WINDOW, GLOBAL_SKB_DEV, GroupState, KernelSwitch, LAYOUT_VERSION, MAP_DEVS, MAP_GROUPS, MAP_KEVENTS,
+    MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAPS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_XDP, ProbeCount, UplinkConfig,
+    UplinkStats,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
-use super::{AttachOutcome, Counters, Datapath, DatapathError, DatapathOptions, XdpAttachMode};
+use super::{AttachOutcome, Counters, Datapath, DatapathError, DatapathOptions, KernelCarrier, XdpAttachMode, btf};
 
 /// The eBPF object built by `build.rs`.
 #[cfg(not(failover_ebpf_missing))]
@@ -51,6 +58,81 @@ pub struct EbpfDatapath {
     xdp_mode: XdpAttachMode,
     xdp_loaded: bool,
     tc_loaded: bool,
+    kevents: Option<RingBuf<MapData>>,
+    carrier: KernelCarrier,
+}
+
+/// The globals that turn the programs' carrier reads on: offsets within a
+/// `net_device` window of [`DEV_WINDOW_LEN`] bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CarrierGlobals {
+    pub skb_dev: u32,
+    pub window: u32,
+    pub state: u32,
+    pub flags: u32,
+    pub ifindex: u32,
+}
+
+impl CarrierGlobals {
+    /// The window and the offsets in it, if `state`, `flags` and `ifindex`
+    /// fit in one read.
+    pub fn from_offsets(o: &btf::KernelOffsets) -> Result<Self, String> {
+        let fields = [(o.dev_state, 8u32), (o.dev_flags, 4), (o.dev_ifindex, 4)];
+        let start = fields.iter().map(|f| f.0).min().unwrap_or(0);
+        let end = fields.iter().map(|f| f.0 + f.1).max().unwrap_or(0);
+        if end - start > DEV_WINDOW_LEN as u32 {
+            return Err(format!(
+                "net_device.state, .flags and .ifindex span {} bytes (offsets {}, {}, {}): more than the {DEV_WINDOW_LEN} read at once",
+                end - start,
+                o.dev_state,
+                o.dev_flags,
+                o.dev_ifindex
+            ));
+        }
+        Ok(Self {
+            skb_dev: o.skb_dev,
+            window: start,
+            state: o.dev_state - start,
+            flags: o.dev_flags - start,
+            ifindex: o.dev_ifindex - start,
+        })
+    }
+}
+
+/// The carrier globals for this kernel, or why there are none.
+fn carrier_globals(wanted: bool) -> Result<CarrierGlobals, String> {
+    if !wanted {
+        return Err("turned off".into());
+    }
+    if std::env::var(super::ENV_KERNEL_CARRIER).is_ok_and(|v| v == "off" || v == "0") {
+        return Err(format!("turned off by {}", super::ENV_KERNEL_CARRIER));
+    }
+    let offsets = btf::kernel_offsets().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+    CarrierGlobals::from_offsets(&offsets)
+}
+
+/// The directory whose name carries the layout version (a bpffs holds
+/// only pins and directories, no plain files).
+fn layout_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("layout-v{LAYOUT_VERSION}"))
+}
+
+/// Whether the pin directory holds a datapath of another layout: maps or
+/// links pinned without a `layout-v*` directory (the first agents made
+/// none), or another version's.
+fn foreign_layout(pin_dir: &Path) -> Option<String> {
+    let names: Vec<String> = fs::read_dir(pin_dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let mine = format!("layout-v{LAYOUT_VERSION}");
+    if names.contains(&mine) {
+        return None;
+    }
+    if let Some(other) = names.iter().find_map(|n| n.strip_prefix("layout-v")) {
+        return Some(other.to_string());
+    }
+    let any = |sub: &str| fs::read_dir(pin_dir.join(sub)).is_ok_and(|mut d| d.next().is_some());
+    (any("maps") || any("links")).then(|| "1 (no layout directory)".to_string())
 }
 
 impl std::fmt::Debug for EbpfDatapath {
@@ -138,16 +220,81 @@ impl EbpfDatapath {
         if !on_bpffs(&opts.pin_dir) {
             return Err(DatapathError::NotBpffs { path: opts.pin_dir.clone() });
         }
+        if let Some(found) = foreign_layout(&opts.pin_dir) {
+            // An older agent's datapath: its programs read maps of another
+            // layout. Replace it whole (traffic passes untouched meanwhile:
+            // the programs fail open, the bridge's rules keep steering).
+            warn!(pin_dir = %opts.pin_dir.display(), found, want = LAYOUT_VERSION, "replacing a datapath of another layout");
+            Self::uninstall(&opts.pin_dir).map_err(|e| DatapathError::Upgrade {
+                path: opts.pin_dir.clone(),
+                found: found.clone(),
+                want: LAYOUT_VERSION,
+                source: Box::new(e),
+            })?;
+        }
         for sub in ["maps", "links"] {
             let path = opts.pin_dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| DatapathError::PinDir { path, source })?;
         }
-        let ebpf = EbpfLoader::new()
-            .default_map_pin_directory(opts.pin_dir.join("maps"))
-            .load(object)
-            .map_err(DatapathError::Load)?;
-        debug!(pin_dir = %opts.pin_dir.display(), "datapath object loaded");
-        Ok(Self { ebpf, pin_dir: opts.pin_dir.clone(), xdp_mode: opts.xdp_mode, xdp_loaded: false, tc_loaded: false })
+        let layout = layout_dir(&opts.pin_dir);
+        fs::create_dir_all(&layout).map_err(|source| DatapathError::PinDir { path: layout, source })?;
+        let globals = carrier_globals(opts.carrier_reads);
+        let mut this = match &globals {
+            Ok(g) => match Self::load(opts, object, Some(*g)) {
+                Ok(this) => this,
+                // The kernel refused the programs that read its memory
+                // (lockdown, say): load them without those reads.
+                Err(e) => {
+                    let why = format!("the kernel refused the programs that read carrier: {}", anyhow::Error::from(e));
+                    warn!("{why}; the agent decides link faults itself");
+                    let mut this = Self::load(opts, object, None)?;
+                    this.carrier = KernelCarrier::Off(why);
+                    this
+                }
+            },
+            Err(why) => {
+                info!(reason = %why, "the kernel does not read carrier; the agent decides link faults itself");
+                let mut this = Self::load(opts, object, None)?;
+                this.carrier = KernelCarrier::Off(why.clone());
+                this
+            }
+        };
+        let kevents = this.ebpf.take_map(MAP_KEVENTS).ok_or_else(|| missing_map(MAP_KEVENTS))?;
+        this.kevents = Some(RingBuf::try_from(kevents).map_err(map_err(MAP_KEVENTS, "open"))?);
+        Ok(this)
+    }
+
+    /// Loads the object (with the carrier globals, if given) and both programs.
+    fn load(opts: &DatapathOptions, object: &[u8], globals: Option<CarrierGlobals>) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(opts.pin_dir.join("maps"));
+        let g = globals.unwrap_or(CarrierGlobals { skb_dev: 0, window: 0, state: 0, flags: 0, ifindex: 0 });
+        let on = u32::from(globals.is_some());
+        let values = [
+            (GLOBAL_CARRIER_READS, on),
+            (GLOBAL_SKB_DEV, g.skb_dev),
+            (GLOBAL_DEV_WINDOW, g.window),
+            (GLOBAL_DEV_STATE, g.state),
+            (GLOBAL_DEV_FLAGS, g.flags),
+            (GLOBAL_DEV_IFINDEX, g.ifindex),
+        ];
+        for (name, value) in &values {
+            loader.override_global(name, value, true);
+        }
+        let ebpf = loader.load(object).map_err(DatapathError::Load)?;
+        debug!(pin_dir = %opts.pin_dir.display(), carrier_reads = globals.is_some(), "datapath object loaded");
+        let mut this = Self {
+            ebpf,
+            pin_dir: opts.pin_dir.clone(),
+            xdp_mode: opts.xdp_mode,
+            xdp_loaded: false,
+            tc_loaded: false,
+            kevents: None,
+            carrier: KernelCarrier::On,
+        };
+        this.xdp()?;
+        this.tc()?;
+        Ok(this)
     }
 
     /// The pin directory.
@@ -265,7 +412,10 @@ impl EbpfDatapath {
         stats.set(slot, zeros, 0).map_err(map_err(MAP_STATS, format!("zero slot {slot}")))?;
         let mut probes: Array<_, ProbeCount> =
             Array::try_from(map_mut(&mut self.ebpf, MAP_PROBES)?).map_err(map_err(MAP_PROBES, "open"))?;
-        probes.set(slot, ProbeCount::default(), 0).map_err(map_err(MAP_PROBES, format!("zero slot {slot}")))
+        probes.set(slot, ProbeCount::default(), 0).map_err(map_err(MAP_PROBES, format!("zero slot {slot}")))?;
+        let mut devs: Array<_, DevRef> =
+            Array::try_from(map_mut(&mut self.ebpf, MAP_DEVS)?).map_err(map_err(MAP_DEVS, "open"))?;
+        devs.set(slot, DevRef::default(), 0).map_err(map_err(MAP_DEVS, format!("zero slot {slot}")))
     }
 
     /// Removes pins of `ifname` left from an interface with another ifindex
@@ -309,7 +459,10 @@ impl Datapath for EbpfDatapath {
         let tc_reuse = tc_pin.exists();
 
         let previous = self.uplinks()?.get(&ifindex, 0).ok();
-        if !(xdp_reuse && tc_reuse) {
+        // Counters belong to one uplink in one slot: never inherited by
+        // another identity, nor kept across programs attached anew.
+        let same = previous.is_some_and(|p| p.ident == config.ident && p.slot == config.slot);
+        if !(xdp_reuse && tc_reuse && same) {
             self.reset_stats(config.slot)?;
         }
         self.uplinks()?
@@ -397,7 +550,9 @@ impl Datapath for EbpfDatapath {
             let path = self.pin_dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| DatapathError::PinDir { path, source })?;
         }
-        for name in [MAP_UPLINKS, MAP_GROUPS, MAP_STATS, MAP_PROBES] {
+        // (The ring buffer is held outside `ebpf` and is not re-pinned: a
+        // restarted agent then misses only the reports, not the state.)
+        for name in MAPS.into_iter().filter(|m| *m != MAP_KEVENTS) {
             let path = self.pin_dir.join("maps").join(name);
             if !path.exists() {
                 map_ref(&self.ebpf, name)?.pin(&path).map_err(|source| DatapathError::PinMap {
@@ -416,5 +571,130 @@ impl Datapath for EbpfDatapath {
         let stats: PerCpuArray<_, UplinkStats> = PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
         let values = stats.get(&slot, 0).map_err(map_err(MAP_STATS, format!("read slot {slot}")))?;
         Ok(Counters::sum(values.iter()))
+    }
+
+    fn pinned_uplinks(&self) -> Result<Vec<(u32, UplinkConfig)>, DatapathError> {
+        let map = map_ref(&self.ebpf, MAP_UPLINKS)?;
+        let uplinks: HashMap<_, u32, UplinkConfig> = HashMap::try_from(map).map_err(map_err(MAP_UPLINKS, "open"))?;
+        uplinks.iter().collect::<Result<Vec<_>, _>>().map_err(map_err(MAP_UPLINKS, "list"))
+    }
+
+    fn pinned_groups(&self) -> Result<Vec<u32>, DatapathError> {
+        let map = map_ref(&self.ebpf, MAP_GROUPS)?;
+        let groups: HashMap<_, u32, GroupState> = HashMap::try_from(map).map_err(map_err(MAP_GROUPS, "open"))?;
+        groups.keys().collect::<Result<Vec<_>, _>>().map_err(map_err(MAP_GROUPS, "list"))
+    }
+
+    fn remove_group(&mut self, group: u32) -> Result<(), DatapathError> {
+        let map = map_mut(&mut self.ebpf, MAP_GROUPS)?;
+        let mut groups: HashMap<_, u32, GroupState> = HashMap::try_from(map).map_err(map_err(MAP_GROUPS, "open"))?;
+        match groups.remove(&group) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(MAP_GROUPS, format!("remove group {group}"))(e)),
+        }
+    }
+
+    fn attached_interfaces(&self) -> Vec<(String, u32)> {
+        let Ok(entries) = fs::read_dir(self.pin_dir.join("links")) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(String, u32)> = entries
+            .flatten()
+            .filter_map(|e| parse_link_pin(&e.file_name().to_string_lossy()))
+            .map(|(_, ifname, ifindex)| (ifname, ifindex))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn detach_interface(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
+        if let Ok(entries) = fs::read_dir(self.pin_dir.join("links")) {
+            for entry in entries.flatten() {
+                if parse_link_pin(&entry.file_name().to_string_lossy()).is_some_and(|(_, name, _)| name == ifname) {
+                    detach_pinned(&entry.path(), ifname)?;
+                }
+            }
+        }
+        match self.uplinks()?.remove(&ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(MAP_UPLINKS, format!("remove the entry of {ifname}"))(e)),
+        }
+    }
+
+    fn liveness(&self, slot: u32) -> Result<ProbeCount, DatapathError> {
+        let map = map_ref(&self.ebpf, MAP_PROBES)?;
+        let probes: Array<_, ProbeCount> = Array::try_from(map).map_err(map_err(MAP_PROBES, "open"))?;
+        probes.get(&slot, 0).map_err(map_err(MAP_PROBES, format!("read slot {slot}")))
+    }
+
+    fn device(&self, slot: u32) -> Result<DevRef, DatapathError> {
+        let map = map_ref(&self.ebpf, MAP_DEVS)?;
+        let devs: Array<_, DevRef> = Array::try_from(map).map_err(map_err(MAP_DEVS, "open"))?;
+        devs.get(&slot, 0).map_err(map_err(MAP_DEVS, format!("read slot {slot}")))
+    }
+
+    fn kernel_switches(&mut self) -> Vec<KernelSwitch> {
+        let mut out = Vec::new();
+        if let Some(ring) = &mut self.kevents {
+            while let Some(item) = ring.next() {
+                if item.len() >= size_of::<KernelSwitch>() {
+                    // SAFETY: the kernel wrote a `KernelSwitch` (plain data,
+                    // checked length); read unaligned from the ring.
+                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<KernelSwitch>()) });
+                }
+            }
+        }
+        out
+    }
+
+    fn kernel_switch_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        self.kevents.as_ref().and_then(|r| r.as_fd().try_clone_to_owned().ok())
+    }
+
+    fn kernel_carrier(&self) -> KernelCarrier {
+        self.carrier.clone()
+    }
+}
+
+/// `<kind>-<ifname>-<ifindex>` -> its parts.
+fn parse_link_pin(name: &str) -> Option<(&'static str, String, u32)> {
+    let (kind, rest) = if let Some(r) = name.strip_prefix("xdp-") {
+        ("xdp", r)
+    } else {
+        ("tc", name.strip_prefix("tc-")?)
+    };
+    let (ifname, ifindex) = rest.rsplit_once('-')?;
+    Some((kind, ifname.to_string(), ifindex.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_parse_with_dashes_in_the_interface() {
+        assert_eq!(parse_link_pin("xdp-up1-7"), Some(("xdp", "up1".into(), 7)));
+        assert_eq!(parse_link_pin("tc-br-ext-up-12"), Some(("tc", "br-ext-up".into(), 12)));
+        assert_eq!(parse_link_pin("other"), None);
+        assert_eq!(parse_link_pin("xdp-up1-x"), None);
+    }
+
+    #[test]
+    fn the_device_window_covers_state_flags_and_ifindex() {
+        let o = btf::KernelOffsets {
+            skb_dev: 16,
+            dev_state: 168,
+            dev_flags: 176,
+            dev_ifindex: 224,
+            xdp_rxq: 32,
+            rxq_dev: 0,
+        };
+        let g = CarrierGlobals::from_offsets(&o).unwrap();
+        assert_eq!(g, CarrierGlobals { skb_dev: 16, window: 168, state: 0, flags: 8, ifindex: 56 });
+        let far = btf::KernelOffsets { dev_ifindex: 400, ..o };
+        let e = CarrierGlobals::from_offsets(&far).unwrap_err();
+        assert!(e.contains("span 236 bytes"), "{e}");
     }
 }

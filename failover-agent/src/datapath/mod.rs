@@ -4,11 +4,12 @@
 //! [`Datapath`] is what the rest of the agent uses; [`ebpf::EbpfDatapath`] is
 //! the real one (the only code in the agent that touches aya).
 
+pub mod btf;
 pub mod ebpf;
 
 use std::{path::PathBuf, time::Duration};
 
-use failover_common::{GroupState, UplinkConfig, UplinkStats};
+use failover_common::{DevRef, GroupState, KernelSwitch, ProbeCount, UplinkConfig, UplinkStats};
 
 pub use ebpf::EbpfDatapath;
 
@@ -43,7 +44,24 @@ pub struct DatapathOptions {
     /// bpffs directory for pinned maps (`maps/`) and program links (`links/`).
     pub pin_dir: PathBuf,
     pub xdp_mode: XdpAttachMode,
+    /// Whether the programs may read the uplinks' carrier from kernel memory
+    /// (the carrier half of the kernel's fast rule).
+    pub carrier_reads: bool,
 }
+
+/// Whether the kernel reads the uplinks' carrier itself, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelCarrier {
+    /// The programs read `net_device.state` at these offsets.
+    On,
+    /// Not read: the reason (turned off, no BTF, refused by the kernel...).
+    Off(String),
+}
+
+/// Environment variable that turns the kernel's carrier reads off (`off`):
+/// for kernels that refuse `bpf_probe_read_kernel` (lockdown), and to test
+/// the fallback on a kernel that allows it.
+pub const ENV_KERNEL_CARRIER: &str = "FAILOVER_KERNEL_CARRIER";
 
 /// What attaching to an uplink did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +177,14 @@ pub enum DatapathError {
     },
     #[error("interface {ifname}: uplink slot {slot} is out of range (at most {max})")]
     SlotOutOfRange { ifname: String, slot: u32, max: u32 },
+    #[error("pin directory {path}: the pinned datapath is of layout {found}, this agent's is {want}; replacing it failed")]
+    Upgrade {
+        path: PathBuf,
+        found: String,
+        want: u32,
+        #[source]
+        source: Box<DatapathError>,
+    },
 }
 
 /// The datapath as the agent drives it.
@@ -182,6 +208,28 @@ pub trait Datapath {
     /// Puts back map pins removed from under the datapath (from the maps
     /// this process holds); returns the paths restored.
     fn repair_pins(&mut self) -> Result<Vec<PathBuf>, DatapathError>;
+    /// Every uplink entry in the datapath: ifindex and configuration.
+    fn pinned_uplinks(&self) -> Result<Vec<(u32, UplinkConfig)>, DatapathError>;
+    /// Every group id in the datapath.
+    fn pinned_groups(&self) -> Result<Vec<u32>, DatapathError>;
+    /// Removes a group's state (a group no longer configured).
+    fn remove_group(&mut self, group: u32) -> Result<(), DatapathError>;
+    /// Interfaces with pinned program links: name and ifindex.
+    fn attached_interfaces(&self) -> Vec<(String, u32)>;
+    /// Detaches the programs pinned for `ifname` (any ifindex) and removes
+    /// the uplink entry of `ifindex` (an uplink no longer configured).
+    fn detach_interface(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError>;
+    /// An uplink's liveness as the kernel's fast rule reads it.
+    fn liveness(&self, slot: u32) -> Result<ProbeCount, DatapathError>;
+    /// Where the kernel found an uplink's device (for carrier reads).
+    fn device(&self, slot: u32) -> Result<DevRef, DatapathError>;
+    /// Switchovers the kernel made by itself since the last call, oldest first.
+    fn kernel_switches(&mut self) -> Vec<KernelSwitch>;
+    /// A file descriptor that becomes readable when the kernel reports a
+    /// switchover (None: this datapath reports none).
+    fn kernel_switch_fd(&self) -> Option<std::os::fd::OwnedFd>;
+    /// Whether the kernel reads carrier itself.
+    fn kernel_carrier(&self) -> KernelCarrier;
 }
 
 #[cfg(test)]

@@ -29,15 +29,21 @@ use std::{
     time::{Duration, Instant},
 };
 
+use failover_common::rule::{self, Fault, Liveness, Policy};
+use serde::{Deserialize, Serialize};
+
 use crate::config::{Config, Failback};
 
 #[cfg(test)]
 mod tests;
 
-/// An uplink's link, as netlink reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// An uplink's link, as netlink reports it (or the kernel's own read of
+/// the carrier, when it failed over by itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum Link {
     /// Not reported yet.
+    #[default]
     Unknown,
     /// Present, administratively up, with carrier.
     Up,
@@ -48,9 +54,11 @@ pub enum Link {
 }
 
 /// An uplink's gateway, as the probes show it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum Gateway {
     /// Not enough probes answered or missed yet (also while the link is not up).
+    #[default]
     Unknown,
     Up,
     Down,
@@ -83,9 +91,11 @@ pub struct Alarm {
 }
 
 /// Why the active uplink changed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// No active uplink was known: the first one with a link.
+    #[default]
     Startup,
     /// The active uplink's NIC failed (link down or interface gone).
     NicFault,
@@ -107,6 +117,65 @@ impl Reason {
             Self::Manual => "manual",
         }
     }
+
+    fn of(fault: Fault) -> Self {
+        match fault {
+            Fault::Carrier => Self::NicFault,
+            Fault::Silence => Self::GatewaySilent,
+        }
+    }
+}
+
+/// Who made a switchover: the agent's core, or the kernel's fast rule
+/// (which the core then ratified).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Decider {
+    #[default]
+    Agent,
+    Kernel,
+}
+
+impl Decider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Agent => "agent",
+            Self::Kernel => "kernel",
+        }
+    }
+}
+
+impl Link {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Absent => "absent",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl Gateway {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// What the kernel's fast rule may choose from, per group (written into the
+/// group's datapath state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelPolicy {
+    /// Bit i: uplink i is healthy in the core's view.
+    pub allowed: u8,
+    /// Bit i: healthy and not flapping.
+    pub preferred: u8,
+    /// An operator holds the group where it is.
+    pub hold: bool,
 }
 
 /// What the core asks the world to do.
@@ -118,6 +187,8 @@ pub enum Action {
         uplink: usize,
         previous: Option<usize>,
         reason: Reason,
+        /// The kernel already did it (the datapath is there): ratified.
+        by: Decider,
         /// When the decision was taken (for decision-to-map-update time).
         decided_at: Instant,
     },
@@ -153,6 +224,7 @@ pub struct Switchover {
     pub from: Option<usize>,
     pub to: usize,
     pub reason: Reason,
+    pub by: Decider,
     pub at: Instant,
 }
 
@@ -230,10 +302,6 @@ impl UplinkFsm {
 
     fn faulty(&self) -> bool {
         matches!(self.link, Link::Down | Link::Absent) || (self.link == Link::Up && self.gateway == Gateway::Down)
-    }
-
-    fn fault_reason(&self) -> Reason {
-        if self.link == Link::Up { Reason::GatewaySilent } else { Reason::NicFault }
     }
 
     fn gateway_mac(&self) -> Option<[u8; 6]> {
@@ -353,6 +421,53 @@ impl Core {
             u.replies_at_probe = None;
         }
         self.decide(group, now);
+    }
+
+    /// The kernel moved the group from `from` to `to` by itself, because of
+    /// `fault` (its fast rule, which this core shares): ratified. What the
+    /// kernel saw is taken as a fact about `from` (its carrier is lost, or
+    /// its gateway silent), the active uplink follows, and the usual rules
+    /// and alarms apply from there.
+    pub fn handle_kernel_switch(&mut self, group: usize, from: usize, to: usize, fault: Fault, now: Instant) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        if from >= g.uplinks.len() || to >= g.uplinks.len() {
+            return;
+        }
+        let down_after = g.params.down_after;
+        let u = &mut g.uplinks[from];
+        match fault {
+            Fault::Carrier if u.link == Link::Up || u.link == Link::Unknown => {
+                u.link = Link::Down;
+                u.gateway = Gateway::Unknown;
+                u.answered = 0;
+                u.unanswered = 0;
+                u.replies_at_probe = None;
+            }
+            Fault::Silence if u.link == Link::Up && u.gateway != Gateway::Down => {
+                u.gateway = Gateway::Down;
+                u.down_since = Some(now);
+                u.answered = 0;
+                u.unanswered = u.unanswered.max(down_after);
+            }
+            _ => {}
+        }
+        if g.active == Some(from) {
+            self.set_active_by(group, to, Reason::of(fault), Decider::Kernel, now);
+        }
+        self.decide(group, now);
+    }
+
+    /// What the kernel's fast rule may choose from in a group.
+    pub fn kernel_policy(&self, group: usize) -> Option<KernelPolicy> {
+        let g = self.groups.get(group)?;
+        let n = g.uplinks.len();
+        Some(KernelPolicy {
+            allowed: rule::mask(n, |i| g.uplinks[i].healthy()),
+            preferred: rule::mask(n, |i| g.uplinks[i].healthy() && !g.uplinks[i].flapping),
+            hold: g.operator_hold,
+        })
     }
 
     /// The datapath's counters of an uplink: `total` valid replies so far,
@@ -555,8 +670,16 @@ impl Core {
             g.operator_hold = !current.healthy();
             return None;
         }
+        // Off a faulty active uplink: the rule the kernel runs too.
+        let n = g.uplinks.len();
+        let policy = Policy {
+            count: n,
+            allowed: rule::mask(n, |i| g.uplinks[i].healthy()),
+            preferred: rule::mask(n, |i| g.uplinks[i].healthy() && !g.uplinks[i].flapping),
+            hold: false,
+        };
         if current.faulty() {
-            return best_target(&g.uplinks, active).map(|t| (t, current.fault_reason()));
+            return rule::fail_over(&policy, active, &CoreLiveness(&g.uplinks)).map(|(t, f)| (t, Reason::of(f)));
         }
         if g.params.failback == Failback::Auto && current.healthy() {
             let hold_down = g.params.hold_down;
@@ -569,11 +692,15 @@ impl Core {
     }
 
     fn set_active(&mut self, group: usize, uplink: usize, reason: Reason, now: Instant) {
+        self.set_active_by(group, uplink, reason, Decider::Agent, now);
+    }
+
+    fn set_active_by(&mut self, group: usize, uplink: usize, reason: Reason, by: Decider, now: Instant) {
         let g = &mut self.groups[group];
         let previous = g.active;
         g.active = Some(uplink);
-        g.last_switch = Some(Switchover { from: previous, to: uplink, reason, at: now });
-        self.actions.push_back(Action::SetActive { group, uplink, previous, reason, decided_at: now });
+        g.last_switch = Some(Switchover { from: previous, to: uplink, reason, by, at: now });
+        self.actions.push_back(Action::SetActive { group, uplink, previous, reason, by, decided_at: now });
         self.actions.push_back(Action::MirrorToOvs { group, uplink });
     }
 
@@ -617,13 +744,21 @@ impl Core {
     }
 }
 
-/// The uplink to move to from `active`: the first healthy one in priority
-/// order that is not flapping, else the first healthy one.
-fn best_target(uplinks: &[UplinkFsm], active: usize) -> Option<usize> {
-    let healthy = |(i, u): &(usize, &UplinkFsm)| *i != active && u.healthy();
-    let mut candidates = uplinks.iter().enumerate().filter(healthy);
-    let first = candidates.clone().next().map(|(i, _)| i);
-    candidates.find(|(_, u)| !u.flapping).map(|(i, _)| i).or(first)
+/// The core's view of its uplinks, for the shared rule: faulty is a lost
+/// link (NIC) or, with the link up, a gateway found down.
+struct CoreLiveness<'a>(&'a [UplinkFsm]);
+
+impl Liveness for CoreLiveness<'_> {
+    fn fault(&self, i: usize) -> Option<Fault> {
+        let u = self.0.get(i)?;
+        if !u.faulty() {
+            None
+        } else if u.link == Link::Up {
+            Some(Fault::Silence)
+        } else {
+            Some(Fault::Carrier)
+        }
+    }
 }
 
 /// The operator-facing text of an alarm.

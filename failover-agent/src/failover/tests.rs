@@ -475,3 +475,65 @@ fn interface_gone_is_a_nic_fault_and_its_return_clears_it() {
     let a = h.link(0, Link::Up);
     assert_eq!(h.alarms(&a), vec![format!("clear: {NIC_PRIMARY}")]);
 }
+
+fn deciders(actions: &[Action]) -> Vec<Decider> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::SetActive { by, .. } => Some(by),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_kernel_carrier_switch_is_ratified_and_names_the_nic() {
+    let mut h = H::healthy(2, "never");
+    h.core.handle_kernel_switch(0, 0, 1, Fault::Carrier, h.now);
+    let a = h.drain();
+    assert_eq!(switches(&a), vec![(Some(0), 1, Reason::NicFault)]);
+    assert_eq!(deciders(&a), vec![Decider::Kernel]);
+    assert!(a.contains(&Action::MirrorToOvs { group: 0, uplink: 1 }));
+    assert_eq!(h.alarms(&a), vec![format!("raise: {NIC_PRIMARY}")]);
+    assert_eq!(h.core.last_switchover(0).map(|s| s.by), Some(Decider::Kernel));
+    // The late netlink event says the same: nothing more happens.
+    assert!(switches(&h.link(0, Link::Down)).is_empty());
+    // And the carrier back: the alarm clears, traffic stays (failback never).
+    let a = h.link(0, Link::Up);
+    assert_eq!(h.alarms(&a), vec![format!("clear: {NIC_PRIMARY}")]);
+    assert_eq!(h.core.active(0), Some(1));
+}
+
+#[test]
+fn a_kernel_silence_switch_is_ratified_and_names_the_gateway() {
+    let mut h = H::healthy(2, "never");
+    h.core.handle_kernel_switch(0, 0, 1, Fault::Silence, h.now);
+    let a = h.drain();
+    assert_eq!(switches(&a), vec![(Some(0), 1, Reason::GatewaySilent)]);
+    assert_eq!(h.alarms(&a), vec![format!("raise: {GW_PRIMARY}")]);
+    // The primary stays down until it answers up_after probes again.
+    let a = h.ticks(2, &[1]);
+    assert!(switches(&a).is_empty());
+    assert_eq!(h.core.uplink(0, 0).map(|v| v.gateway), Some(Gateway::Down));
+}
+
+#[test]
+fn a_kernel_report_of_a_switch_the_core_already_made_changes_nothing_more() {
+    let mut h = H::healthy(2, "never");
+    let a = h.link(0, Link::Down);
+    assert_eq!(switches(&a), vec![(Some(0), 1, Reason::NicFault)]);
+    h.core.handle_kernel_switch(0, 0, 1, Fault::Carrier, h.now);
+    assert!(switches(&h.drain()).is_empty());
+    assert_eq!(h.core.active(0), Some(1));
+}
+
+#[test]
+fn the_kernel_policy_allows_the_healthy_and_prefers_the_stable() {
+    let mut h = H::healthy(3, "never");
+    assert_eq!(h.core.kernel_policy(0), Some(KernelPolicy { allowed: 0b111, preferred: 0b111, hold: false }));
+    h.link(2, Link::Down);
+    assert_eq!(h.core.kernel_policy(0).map(|p| p.allowed), Some(0b011));
+    h.core.switch(0, 2, true, h.now).unwrap();
+    h.drain();
+    assert!(h.core.kernel_policy(0).is_some_and(|p| p.hold), "forced onto an unhealthy uplink: held");
+}

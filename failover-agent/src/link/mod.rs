@@ -67,9 +67,42 @@ pub fn link_event(msg: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
     Some(LinkEvent { ifname: ifname?, ifindex: msg.header.index, mac, state })
 }
 
+/// Reads one link's state on request, and sends it down the channel of
+/// changes. Reading a device's link state also makes the kernel deliver the
+/// change it holds back for it (linkwatch, up to a second for a physical
+/// NIC): the agent reads an uplink this way when the kernel's fast rule
+/// reports its carrier lost, and every probe round when the kernel cannot
+/// read carrier itself.
+#[derive(Clone, Debug)]
+pub struct LinkQuery {
+    handle: rtnetlink::Handle,
+    tx: mpsc::UnboundedSender<LinkEvent>,
+}
+
+impl LinkQuery {
+    /// Reads link `ifindex` now (`RTM_GETLINK` for that device) and sends
+    /// its state down the channel of changes. Gone links send nothing.
+    pub async fn refresh(&self, ifindex: u32) {
+        let mut stream = self.handle.link().get().match_index(ifindex).execute();
+        if let Ok(Some(msg)) = stream.try_next().await
+            && let Some(event) = link_event(&msg, false)
+        {
+            let _ = self.tx.send(event);
+        }
+    }
+}
+
+/// What [`watch`] returns: the dump, the changes that follow, and a way to
+/// read one link anew.
+pub struct LinkWatch {
+    pub dump: Vec<LinkEvent>,
+    pub events: mpsc::UnboundedReceiver<LinkEvent>,
+    pub query: LinkQuery,
+}
+
 /// Subscribes to link events, then dumps every link. Returns the dump and a
 /// channel of the changes that follow. Must run inside a tokio runtime.
-pub async fn watch() -> Result<(Vec<LinkEvent>, mpsc::UnboundedReceiver<LinkEvent>), LinkError> {
+pub async fn watch() -> Result<LinkWatch, LinkError> {
     let (conn, handle, mut messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinkError::Subscribe)?;
     tokio::spawn(conn);
@@ -85,6 +118,7 @@ pub async fn watch() -> Result<(Vec<LinkEvent>, mpsc::UnboundedReceiver<LinkEven
         .flatten()
         .collect();
     let (tx, rx) = mpsc::unbounded_channel();
+    let query = LinkQuery { handle, tx: tx.clone() };
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
             let event = match &message.payload {
@@ -99,7 +133,7 @@ pub async fn watch() -> Result<(Vec<LinkEvent>, mpsc::UnboundedReceiver<LinkEven
             }
         }
     });
-    Ok((dump, rx))
+    Ok(LinkWatch { dump, events: rx, query })
 }
 
 #[cfg(test)]

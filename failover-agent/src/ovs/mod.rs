@@ -33,12 +33,27 @@ use std::{
 
 use crate::config::format_mac;
 
-/// Cookies of the agent's rules: this base, plus the group's index.
+/// Cookies of the agent's rules: this base, plus the group's id (a hash of
+/// its name) in the low 32 bits.
 pub const COOKIE_BASE: u64 = 0xfa11_0000_0000_0000;
+/// The bits of a cookie that say it is the agent's.
+pub const COOKIE_MASK: u64 = 0xffff_ffff_0000_0000;
 
-/// The cookie of group `group`'s rules.
+/// The cookie of the rules of the group with id `group`.
 pub fn cookie(group: u32) -> u64 {
     COOKIE_BASE | u64::from(group)
+}
+
+/// The cookies in `ovs-ofctl dump-flows` output.
+pub fn parse_cookies(text: &str) -> Vec<u64> {
+    let mut out: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("cookie=0x"))
+        .filter_map(|rest| u64::from_str_radix(rest.split(',').next().unwrap_or_default(), 16).ok())
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// What the rules of one group follow.
@@ -199,8 +214,19 @@ impl OvsCli {
 
     /// Removes the group's rules.
     pub fn remove(&self, bridge: &str, group: u32) -> Result<(), OvsError> {
-        let filter = format!("cookie={:#x}/-1", cookie(group));
+        self.remove_cookie(bridge, cookie(group))
+    }
+
+    /// Removes the rules with this cookie.
+    pub fn remove_cookie(&self, bridge: &str, cookie: u64) -> Result<(), OvsError> {
+        let filter = format!("cookie={cookie:#x}/-1");
         self.ofctl(bridge, &["del-flows", "BRIDGE", &filter], None).map(drop)
+    }
+
+    /// The cookies of every rule of the agent on the bridge (any group).
+    pub fn agent_cookies(&self, bridge: &str) -> Result<Vec<u64>, OvsError> {
+        let filter = format!("cookie={COOKIE_BASE:#x}/{COOKIE_MASK:#x}");
+        self.ofctl(bridge, &["-O", "OpenFlow14", "dump-flows", "BRIDGE", &filter], None).map(|t| parse_cookies(&t))
     }
 }
 
@@ -269,6 +295,14 @@ mod tests {
         assert_eq!(p.get("up1"), Some(&1));
         assert_eq!(p.get("up2"), Some(&2));
         assert_eq!(p.get("br0"), None, "LOCAL is not a numbered port");
+    }
+
+    #[test]
+    fn cookies_are_found_in_dumps() {
+        let dump = " cookie=0xfa11000012345678, duration=1.2s, table=0, priority=250,in_port=2 actions=NORMAL\n\
+                    cookie=0xfa11000000000001, priority=200 actions=output:2\n\
+                    cookie=0xfa11000012345678, priority=200 actions=output:2\n";
+        assert_eq!(parse_cookies(dump), vec![0xfa11_0000_0000_0001, 0xfa11_0000_1234_5678]);
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn xdp_cost(pins: &PinDir, ifindex: u32) -> Vec<(&'static str, f64)> {
     // Credit slot 0 with probes, so that the valid reply is measured as one.
     let mut probes: aya::maps::Array<_, failover_common::ProbeCount> =
         aya::maps::Array::try_from(ebpf.map_mut(failover_common::MAP_PROBES).expect("PROBES")).expect("array");
-    probes.set(0, failover_common::ProbeCount { sent: u64::MAX / 2, answered: 0 }, 0).expect("credit probes");
+    probes.set(0, failover_common::ProbeCount { sent: u64::MAX / 2, ..Default::default() }, 0).expect("credit probes");
     let prog: &mut Xdp = ebpf.program_mut(PROG_XDP).expect("program").try_into().expect("XDP");
     prog.load().expect("load XDP");
     let frames = [
@@ -107,6 +107,7 @@ fn main() -> ExitCode {
         let mut dp = EbpfDatapath::open(&DatapathOptions {
             pin_dir: pins.path().to_path_buf(),
             xdp_mode: XdpAttachMode::Native,
+            carrier_reads: true,
         })
         .expect("open");
         dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
@@ -131,7 +132,7 @@ fn main() -> ExitCode {
         if let Some(mode) = mode {
             host.run(|| {
                 let mut dp =
-                    EbpfDatapath::open(&DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: mode })
+                    EbpfDatapath::open(&DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: mode, carrier_reads: true })
                         .expect("open");
                 dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
                 let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");

@@ -138,7 +138,7 @@ fn tour() -> Result<(), String> {
     check(lost == 0 && !at_gw2.is_empty() && readdressed, "no frame lost, all readdressed to gateway 2's MAC")?;
 
     step(5, "The agent restarts: the pinned datapath keeps running");
-    let opts = DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native };
+    let opts = DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native, carrier_reads: true };
     drop(t.dp.take());
     let outcomes = t.host.run(|| {
         let mut dp = EbpfDatapath::open(&opts).expect("reopen");

@@ -1,7 +1,10 @@
-//! Keeping each group's OpenFlow rules in step with the datapath: what to
-//! (re)install and when, whether each bridge answers, and the "OVS
-//! unreachable" alarm. The `ovs-ofctl` runs themselves happen on blocking
-//! threads ([`run_job`]); this part only decides.
+//! Keeping each group's OpenFlow rules in step with the datapath,
+//! level-triggered: the desired rules of a group ([`desired_flows`]) are
+//! compared with what was installed, and one change is one install. Also:
+//! whether each bridge answers, the "OVS unreachable" alarm, and removing
+//! the rules of groups no longer configured (by cookie). The `ovs-ofctl`
+//! runs themselves happen on blocking threads ([`run_job`]); this part only
+//! decides, with the time passed in.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,7 +13,51 @@ use std::{
 
 use tracing::{info, warn};
 
-use crate::ovs::{GroupFlows, OvsCli, OvsError, plan};
+use crate::{
+    agent::topology::Topology,
+    config::Config,
+    failover::Core,
+    ovs::{GroupFlows, OvsCli, OvsError, cookie, plan},
+};
+
+/// What group `g`'s OpenFlow rules should say now (None: nothing decided).
+pub fn desired_flows(config: &Config, topo: &Topology, core: &Core, g: usize) -> Option<GroupFlows> {
+    let group = &config.groups[g];
+    let active = core.active(g)?;
+    let macs: Vec<[u8; 6]> =
+        (0..group.uplinks.len()).filter_map(|u| core.uplink(g, u).and_then(|v| v.last_gateway_mac)).collect();
+    Some(GroupFlows {
+        group: topo.ids[g].0,
+        bridge: group.bridge.clone(),
+        uplinks: group.uplinks.iter().map(|u| u.interface.clone()).collect(),
+        active,
+        gateway_macs: macs,
+        active_mac: core.uplink(g, active).and_then(|v| v.last_gateway_mac),
+    })
+}
+
+/// The cookies of the rules the agent keeps on `bridge` under `config`.
+pub fn cookies_on(config: &Config, bridge: &str) -> BTreeSet<u64> {
+    config
+        .groups
+        .iter()
+        .filter(|g| g.bridge == bridge)
+        .map(|g| cookie(crate::agent::topology::GroupId::of(&g.name).0))
+        .collect()
+}
+
+/// Removes the agent's rules on `bridge` whose cookie is not in `keep`
+/// (groups no longer configured); returns the cookies removed.
+pub fn remove_orphans(cli: &OvsCli, bridge: &str, keep: &BTreeSet<u64>) -> Result<Vec<u64>, OvsError> {
+    let mut removed = Vec::new();
+    for c in cli.agent_cookies(bridge)? {
+        if !keep.contains(&c) {
+            cli.remove_cookie(bridge, c)?;
+            removed.push(c);
+        }
+    }
+    Ok(removed)
+}
 
 /// How long a bridge may be unreachable before the alarm.
 pub const UNREACHABLE_ALARM_AFTER: Duration = Duration::from_secs(1);
@@ -32,6 +79,9 @@ pub struct Job {
     pub flows: GroupFlows,
     /// Only compare with the bridge; install if it differs.
     pub verify_only: bool,
+    /// The first job on a bridge since it answers: also remove the agent's
+    /// rules of other cookies than these (groups no longer configured).
+    pub cleanup: Option<BTreeSet<u64>>,
 }
 
 /// What a job did.
@@ -43,13 +93,21 @@ pub struct JobDone {
     /// `Ok(true)`: rules were (re)installed; `Ok(false)`: already in place.
     pub result: Result<bool, OvsError>,
     pub took: Duration,
+    /// The cleanup the job was asked for (see [`Job::cleanup`]).
+    pub cleanup: Option<BTreeSet<u64>>,
+    /// Cookies of orphaned rules removed.
+    pub orphans_removed: Vec<u64>,
 }
 
 /// Runs a job: plan from the bridge's ports, compare, install if needed.
 pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
     let start = Instant::now();
     let bridge = job.flows.bridge.clone();
+    let mut orphans_removed = Vec::new();
     let result = (|| {
+        if let Some(keep) = &job.cleanup {
+            orphans_removed = remove_orphans(cli, &bridge, keep)?;
+        }
         let ports = cli.ports(&bridge)?;
         let wanted = plan(&job.flows, &ports)?;
         if job.verify_only && cli.dump(&bridge, job.flows.group)? == wanted.flows {
@@ -58,7 +116,15 @@ pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
         cli.apply(&bridge, job.flows.group, &wanted)?;
         Ok(true)
     })();
-    JobDone { group: job.group, flows: job.flows, verify_only: job.verify_only, result, took: start.elapsed() }
+    JobDone {
+        group: job.group,
+        flows: job.flows,
+        verify_only: job.verify_only,
+        result,
+        took: start.elapsed(),
+        cleanup: job.cleanup,
+        orphans_removed,
+    }
 }
 
 #[derive(Debug, Default)]
@@ -86,6 +152,9 @@ pub struct OvsSync {
     /// Bridge -> since when it has been unreachable (None: reachable).
     bridges: BTreeMap<String, Option<Instant>>,
     alarmed: BTreeSet<String>,
+    /// Bridge -> the cookies to keep there, until the orphans of other
+    /// cookies were removed (once per start).
+    cleanup: BTreeMap<String, BTreeSet<u64>>,
 }
 
 /// A change of the "OVS unreachable" alarm of a bridge.
@@ -102,7 +171,19 @@ impl OvsSync {
             // Unknown until the first report: counted as unreachable from now.
             bridges: bridges.into_iter().map(|b| (b, Some(now))).collect(),
             alarmed: BTreeSet::new(),
+            cleanup: BTreeMap::new(),
         }
+    }
+
+    /// Removes, with the first job on each bridge, the agent's rules of
+    /// cookies other than `keep[bridge]`.
+    pub fn clean_orphans(&mut self, keep: BTreeMap<String, BTreeSet<u64>>) {
+        self.cleanup = keep;
+    }
+
+    /// The uplink the bridge's installed rules send VM traffic to.
+    pub fn rules_active(&self, group: usize) -> Option<usize> {
+        self.groups.get(group)?.rules_active
     }
 
     /// The rules a group should have now.
@@ -166,7 +247,8 @@ impl OvsSync {
             if changed || verify {
                 g.in_flight = true;
                 g.next_verify = Some(now + VERIFY_EVERY);
-                return Some(Job { group: i, flows: desired, verify_only: !changed });
+                let cleanup = self.cleanup.remove(&desired.bridge);
+                return Some(Job { group: i, flows: desired, verify_only: !changed, cleanup });
             }
         }
         None
@@ -174,6 +256,12 @@ impl OvsSync {
 
     /// A job finished.
     pub fn done(&mut self, done: &JobDone, now: Instant) {
+        if done.result.is_err()
+            && let Some(keep) = &done.cleanup
+        {
+            // Not done: try again with the next job on that bridge.
+            self.cleanup.entry(done.flows.bridge.clone()).or_insert_with(|| keep.clone());
+        }
         let g = &mut self.groups[done.group];
         g.in_flight = false;
         match &done.result {
@@ -204,7 +292,9 @@ impl OvsSync {
         }
     }
 
-    /// When something is next due (a retry or a verification).
+    /// When something is next due (a retry or a verification). Jobs of a
+    /// bridge that does not answer are not due (they wait for it to come
+    /// back, which is an event): they add no deadline, so the loop sleeps.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let settling = self
             .groups
@@ -218,7 +308,7 @@ impl OvsSync {
             .filter_map(|(_, since)| since.map(|t| t + UNREACHABLE_ALARM_AFTER));
         self.groups
             .iter()
-            .filter(|g| !g.in_flight)
+            .filter(|g| !g.in_flight && g.desired.as_ref().is_some_and(|d| self.reachable(&d.bridge)))
             .flat_map(|g| [g.retry_at, g.next_verify])
             .flatten()
             .chain(bridge_alarms)
@@ -285,7 +375,47 @@ mod tests {
             verify_only: job.verify_only,
             result: Ok(true),
             took: Duration::from_millis(5),
+            cleanup: job.cleanup.clone(),
+            orphans_removed: vec![],
         }
+    }
+
+    #[test]
+    fn an_unreachable_bridge_adds_no_deadline_so_the_loop_sleeps() {
+        let t0 = Instant::now();
+        let mut s = OvsSync::new(1, ["br0".to_string()], t0);
+        s.reachability("br0", true, t0);
+        s.desire(0, flows(0));
+        let job = s.next_job(t0).unwrap();
+        s.done(&ok(&job), t0);
+        s.reachability("br0", false, t0);
+        // 10 s of outage: after the alarm, nothing is due until the bridge is back.
+        let mut wakeups = 0;
+        let mut now = t0;
+        let end = t0 + Duration::from_secs(10);
+        while now < end {
+            let next = s.next_deadline(now).unwrap_or(end).min(end);
+            assert!(next > now || wakeups == 0, "a deadline in the past at {:?}", now - t0);
+            now = next.max(now + Duration::from_micros(1));
+            let _ = s.alarms(now);
+            assert!(s.next_job(now).is_none());
+            wakeups += 1;
+        }
+        assert!(wakeups <= 3, "{wakeups} wakeups in 10 s of outage");
+    }
+
+    #[test]
+    fn the_first_job_on_a_bridge_carries_the_orphan_cleanup() {
+        let t0 = Instant::now();
+        let mut s = OvsSync::new(1, ["br0".to_string()], t0);
+        s.clean_orphans([("br0".to_string(), BTreeSet::from([cookie(7)]))].into());
+        s.reachability("br0", true, t0);
+        s.desire(0, flows(0));
+        let job = s.next_job(t0).unwrap();
+        assert_eq!(job.cleanup, Some(BTreeSet::from([cookie(7)])));
+        s.done(&ok(&job), t0);
+        s.desire(0, flows(1));
+        assert_eq!(s.next_job(t0).unwrap().cleanup, None, "once");
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! Prometheus metrics: counters moved as things happen (probes, replies,
+//! switchovers), gauges set from the core's view when a scrape asks for
+//! them ([`Telemetry::refresh`], a collector read at scrape time), not on
+//! every wakeup of the loop.
+
+use std::{collections::VecDeque, time::Duration};
+
+use crate::{
+    config::Config,
+    datapath::Counters,
+    failover::{AlarmKind, Core, Decider, Gateway, Link, Part, Reason},
+    metrics::Metrics,
+};
+
+/// How many switchover durations are kept.
+const DURATION_HISTORY: usize = 1000;
+
+/// The metrics and what they are derived from.
+#[derive(Debug)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    /// Decision-to-map-update times of every switchover (newest last).
+    pub durations: VecDeque<Duration>,
+    /// The last one of each group.
+    pub last_duration: Vec<Option<Duration>>,
+}
+
+/// Per-uplink facts the gauges need besides the core's view.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UplinkFacts {
+    pub kernel_carrier: bool,
+}
+
+impl Telemetry {
+    pub fn new(groups: usize) -> Self {
+        let metrics = Metrics::new();
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        Self { metrics, durations: VecDeque::new(), last_duration: vec![None; groups] }
+    }
+
+    /// New kernel counters of an uplink: the deltas go to the counters, the
+    /// RTT of a new reply to the histogram.
+    pub fn counters(&self, labels: &[&str; 2], old: &Counters, new: &Counters, last_probe: Option<Duration>) {
+        // Kernel counters start over when programs are attached anew.
+        let delta = |new: u64, old: u64| if new >= old { new - old } else { new };
+        let m = &self.metrics;
+        m.probe_replies.with_label_values(labels).inc_by(delta(new.valid_replies, old.valid_replies));
+        m.probe_replies_rejected.with_label_values(labels).inc_by(delta(new.rejected_replies, old.rejected_replies));
+        if new.valid_replies != old.valid_replies
+            && let (Some(reply), Some(sent)) = (new.last_reply, last_probe)
+            && let Some(rtt) = reply.checked_sub(sent)
+        {
+            m.probe_rtt.with_label_values(labels).observe(rtt.as_secs_f64());
+        }
+    }
+
+    /// A probe went out.
+    pub fn probe_sent(&self, labels: &[&str; 2]) {
+        self.metrics.probes_sent.with_label_values(labels).inc();
+    }
+
+    /// A switchover reached the datapath `took` after its decision.
+    pub fn switchover(&mut self, g: usize, labels: [&str; 3], reason: Reason, by: Decider, took: Option<Duration>) {
+        let [group, from, to] = labels;
+        self.metrics.switchovers.with_label_values(&[group, from, to, reason.as_str(), by.as_str()]).inc();
+        self.last_duration[g] = took;
+        if let Some(took) = took {
+            self.metrics.switchover_duration.with_label_values(&[group]).observe(took.as_secs_f64());
+            self.durations.push_back(took);
+            while self.durations.len() > DURATION_HISTORY {
+                self.durations.pop_front();
+            }
+        }
+    }
+
+    /// Sets every gauge from the current state (at scrape time).
+    pub fn refresh(
+        &self,
+        config: &Config,
+        core: &Core,
+        facts: impl Fn(usize, usize) -> UplinkFacts,
+        bridge_reachable: Option<&dyn Fn(&str) -> bool>,
+    ) {
+        let m = &self.metrics;
+        for (g, group) in config.groups.iter().enumerate() {
+            let active = core.active(g);
+            let mut flapping = false;
+            for (u, uplink) in group.uplinks.iter().enumerate() {
+                let labels = [group.name.as_str(), uplink.name.as_str()];
+                let view = core.uplink(g, u);
+                m.active_uplink.with_label_values(&labels).set(i64::from(active == Some(u)));
+                m.uplink_carrier_up.with_label_values(&labels).set(i64::from(view.is_some_and(|v| v.link == Link::Up)));
+                m.gateway_reachable
+                    .with_label_values(&labels)
+                    .set(i64::from(view.is_some_and(|v| v.gateway == Gateway::Up)));
+                m.kernel_carrier.with_label_values(&labels).set(i64::from(facts(g, u).kernel_carrier));
+                flapping |= view.is_some_and(|v| v.flapping);
+                for (part, kind) in [("nic", Part::Nic), ("gateway", Part::Gateway)] {
+                    let raised =
+                        core.alarms().any(|a| a.group == g && a.uplink == Some(u) && a.kind == AlarmKind::Replace(kind));
+                    m.alarm.with_label_values(&[group.name.as_str(), uplink.name.as_str(), part]).set(i64::from(raised));
+                }
+            }
+            let no_healthy = core.alarms().any(|a| a.group == g && a.kind == AlarmKind::NoHealthyUplink);
+            m.no_healthy_uplink.with_label_values(&[group.name.as_str()]).set(i64::from(no_healthy));
+            m.flapping.with_label_values(&[group.name.as_str()]).set(i64::from(flapping));
+        }
+        let mut all_reachable = true;
+        if let Some(reachable) = bridge_reachable {
+            for group in &config.groups {
+                let up = reachable(&group.bridge);
+                all_reachable &= up;
+                m.ovs_bridge_reachable.with_label_values(&[group.bridge.as_str()]).set(i64::from(up));
+            }
+        }
+        m.ovs_reachable.set(i64::from(all_reachable));
+    }
+}

@@ -1,0 +1,236 @@
+//! The fast rule: when the datapath moves a group off its active uplink by
+//! itself, and to which uplink. One pure function, run by the TC program in
+//! the kernel (on the frames it sends, with no user space on the path) and
+//! by the agent's decision core, so that both always choose alike.
+//!
+//! - The rule only ever moves *away from a faulty active uplink*: one whose
+//!   carrier is lost, or whose gateway is silent. Failback, hold-down and
+//!   flapping are the agent's decisions, made in user space.
+//! - It moves to the first uplink in priority order that the policy allows
+//!   and prefers (healthy in the agent's view and not flapping) and that is
+//!   not faulty itself; failing that, the first allowed one; failing that,
+//!   traffic stays.
+//! - A gateway is *silent* when at least `down_after` probes left its uplink
+//!   unanswered **and** `silence` (`down_after` x interval plus a small
+//!   slack) passed since its last valid reply: BFD's semantics (RFC 5880,
+//!   down one detection time after the last packet received). An agent that
+//!   is stopped sends no probes, so it never makes gateways read as silent.
+
+use crate::{GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, MAX_GROUP_UPLINKS, ProbeCount, SWITCH_CARRIER, SWITCH_SILENCE};
+
+/// Why an uplink cannot carry traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Its device lost its carrier, went down or away: replace the NIC.
+    Carrier,
+    /// Its gateway stopped answering: replace the gateway.
+    Silence,
+}
+
+impl Fault {
+    /// The code the kernel reports in [`crate::KernelSwitch::reason`].
+    pub const fn code(self) -> u32 {
+        match self {
+            Self::Carrier => SWITCH_CARRIER,
+            Self::Silence => SWITCH_SILENCE,
+        }
+    }
+
+    /// The fault for a reported code.
+    pub const fn from_code(code: u32) -> Option<Self> {
+        match code {
+            SWITCH_CARRIER => Some(Self::Carrier),
+            SWITCH_SILENCE => Some(Self::Silence),
+            _ => None,
+        }
+    }
+}
+
+/// What the agent lets the rule choose from (the kernel reads it from
+/// [`GroupState`]; the core builds it from its own view).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Members, in priority order (at most [`MAX_GROUP_UPLINKS`]).
+    pub count: usize,
+    /// Bit i: member i may take the traffic.
+    pub allowed: u8,
+    /// Bit i: member i is preferred among the allowed.
+    pub preferred: u8,
+    /// The group is held where it is (an operator's forced switch), or the
+    /// rule is off for it: never move.
+    pub hold: bool,
+}
+
+impl Policy {
+    /// The policy the agent wrote into a group's datapath state.
+    #[inline(always)]
+    pub fn of(group: &GroupState) -> Self {
+        Self {
+            count: group.member_count as usize,
+            allowed: group.allowed,
+            preferred: group.preferred,
+            hold: group.flags & GROUP_HOLD != 0 || group.flags & GROUP_KERNEL_FAILOVER == 0,
+        }
+    }
+}
+
+/// The live state of a group's members, as whoever runs the rule sees it.
+pub trait Liveness {
+    /// Why member `i` cannot carry traffic now, if it cannot; `None` also
+    /// when nothing is known against it.
+    fn fault(&self, i: usize) -> Option<Fault>;
+}
+
+/// Where a group's traffic must go now, if away from `active`: the member
+/// chosen and the fault of the active one. `None`: stay.
+#[inline(always)]
+pub fn fail_over<L: Liveness + ?Sized>(policy: &Policy, active: usize, live: &L) -> Option<(usize, Fault)> {
+    if policy.hold || active >= policy.count || active >= MAX_GROUP_UPLINKS {
+        return None;
+    }
+    let fault = live.fault(active)?;
+    let mut faulty = 0u8;
+    let mut i = 0;
+    while i < MAX_GROUP_UPLINKS {
+        if i < policy.count && i != active && policy.allowed & (1 << i) != 0 && live.fault(i).is_some() {
+            faulty |= 1 << i;
+        }
+        i += 1;
+    }
+    choose(policy, active, faulty).map(|t| (t, fault))
+}
+
+/// The second half of [`fail_over`], on bits: where the traffic of a group
+/// whose `active` uplink is faulty goes, given which other uplinks are
+/// faulty now (bit i of `faulty`). The kernel runs this half on its own
+/// reads (each member read once, into a mask).
+#[inline(always)]
+pub fn choose(policy: &Policy, active: usize, faulty: u8) -> Option<usize> {
+    if policy.hold || active >= MAX_GROUP_UPLINKS {
+        return None;
+    }
+    let members = if policy.count >= MAX_GROUP_UPLINKS { 0xff } else { (1u8 << policy.count) - 1 };
+    let usable = policy.allowed & members & !faulty & !(1 << active);
+    let preferred = usable & policy.preferred;
+    let chosen = if preferred != 0 { preferred } else { usable };
+    if chosen == 0 {
+        return None;
+    }
+    Some(lowest_bit(chosen))
+}
+
+/// The index of the lowest bit set in a non-zero `mask`.
+#[inline(always)]
+fn lowest_bit(mask: u8) -> usize {
+    let mut i = 0;
+    while i < MAX_GROUP_UPLINKS - 1 && mask & (1 << i) == 0 {
+        i += 1;
+    }
+    i
+}
+
+/// Whether the gateway behind an uplink is silent at `now_ns`
+/// (`CLOCK_MONOTONIC`): `down_after` probes unanswered and `silence_ns`
+/// since the last valid reply.
+#[inline(always)]
+pub fn silent(p: &ProbeCount, down_after: u16, silence_ns: u64, now_ns: u64) -> bool {
+    down_after != 0
+        && p.sent.wrapping_sub(p.acked) >= u64::from(down_after)
+        && now_ns.saturating_sub(p.last_reply_ns) >= silence_ns
+}
+
+/// Whether probes are outstanding enough for [`silent`] to hold at some time
+/// (the cheap half of it: the kernel reads the clock only when this holds).
+#[inline(always)]
+pub fn probes_unanswered(p: &ProbeCount, down_after: u16) -> bool {
+    down_after != 0 && p.sent.wrapping_sub(p.acked) >= u64::from(down_after)
+}
+
+/// Bits of `MAX_GROUP_UPLINKS` members: a mask from a predicate.
+pub fn mask(count: usize, pred: impl Fn(usize) -> bool) -> u8 {
+    (0..count.min(MAX_GROUP_UPLINKS)).filter(|&i| pred(i)).fold(0u8, |m, i| m | (1 << i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Faults([Option<Fault>; MAX_GROUP_UPLINKS]);
+    impl Liveness for Faults {
+        fn fault(&self, i: usize) -> Option<Fault> {
+            self.0[i]
+        }
+    }
+
+    fn policy(count: usize, allowed: u8, preferred: u8) -> Policy {
+        Policy { count, allowed, preferred, hold: false }
+    }
+
+    const OK: [Option<Fault>; 8] = [None; 8];
+
+    #[test]
+    fn a_healthy_active_stays() {
+        assert_eq!(fail_over(&policy(2, 0b11, 0b11), 0, &Faults(OK)), None);
+    }
+
+    #[test]
+    fn carrier_loss_moves_to_the_first_allowed_healthy_uplink() {
+        let mut f = OK;
+        f[0] = Some(Fault::Carrier);
+        assert_eq!(fail_over(&policy(3, 0b110, 0b110), 0, &Faults(f)), Some((1, Fault::Carrier)));
+        f[1] = Some(Fault::Silence);
+        assert_eq!(fail_over(&policy(3, 0b110, 0b110), 0, &Faults(f)), Some((2, Fault::Carrier)));
+    }
+
+    #[test]
+    fn preferred_first_then_any_allowed_then_stay() {
+        let mut f = OK;
+        f[0] = Some(Fault::Silence);
+        // Member 1 flapping (allowed, not preferred), member 2 preferred.
+        assert_eq!(fail_over(&policy(3, 0b110, 0b100), 0, &Faults(f)), Some((2, Fault::Silence)));
+        f[2] = Some(Fault::Carrier);
+        assert_eq!(fail_over(&policy(3, 0b110, 0b100), 0, &Faults(f)), Some((1, Fault::Silence)));
+        f[1] = Some(Fault::Carrier);
+        assert_eq!(fail_over(&policy(3, 0b110, 0b100), 0, &Faults(f)), None, "all unhealthy: stay");
+    }
+
+    #[test]
+    fn excluded_held_or_off_never_moves() {
+        let mut f = OK;
+        f[1] = Some(Fault::Carrier);
+        assert_eq!(fail_over(&policy(2, 0b01, 0b01), 1, &Faults(f)), Some((0, Fault::Carrier)));
+        assert_eq!(fail_over(&policy(2, 0b00, 0b00), 1, &Faults(f)), None, "nothing allowed");
+        assert_eq!(fail_over(&Policy { hold: true, ..policy(2, 0b01, 0b01) }, 1, &Faults(f)), None, "held");
+        assert_eq!(fail_over(&policy(2, 0b01, 0b01), 5, &Faults(f)), None, "active not a member");
+        let mut g = GroupState::inactive();
+        g.member_count = 2;
+        g.allowed = 0b01;
+        assert!(Policy::of(&g).hold, "kernel failover off unless flagged");
+        g.flags = GROUP_KERNEL_FAILOVER;
+        assert!(!Policy::of(&g).hold);
+        g.flags |= GROUP_HOLD;
+        assert!(Policy::of(&g).hold);
+    }
+
+    #[test]
+    fn silence_needs_both_unanswered_probes_and_time() {
+        let ms = 1_000_000;
+        let p = ProbeCount { sent: 13, answered: 10, acked: 10, last_reply_ns: 100 * ms };
+        assert!(silent(&p, 3, 31 * ms, 131 * ms));
+        assert!(!silent(&p, 3, 31 * ms, 130 * ms), "not long enough");
+        assert!(!silent(&p, 4, 31 * ms, 500 * ms), "not enough probes out: a stalled agent");
+        assert!(!silent(&p, 0, 31 * ms, 500 * ms), "down_after 0: never");
+        assert!(probes_unanswered(&p, 3) && !probes_unanswered(&p, 4));
+        let never = ProbeCount { sent: 3, ..ProbeCount::default() };
+        assert!(silent(&never, 3, 31 * ms, 40 * ms), "never answered");
+    }
+
+    #[test]
+    fn fault_codes_round_trip() {
+        for f in [Fault::Carrier, Fault::Silence] {
+            assert_eq!(Fault::from_code(f.code()), Some(f));
+        }
+        assert_eq!(Fault::from_code(0), None);
+        assert_eq!(mask(3, |i| i != 1), 0b101);
+    }
+}
