@@ -49,6 +49,7 @@ pub const GLOBAL_DEV_WINDOW: &str = "FA_DEV_WINDOW";
 pub const GLOBAL_DEV_STATE: &str = "FA_DEV_STATE";
 pub const GLOBAL_DEV_FLAGS: &str = "FA_DEV_FLAGS";
 pub const GLOBAL_DEV_IFINDEX: &str = "FA_DEV_IFINDEX";
+
 /// Bytes of a `net_device` read at once: `state`, `flags` and `ifindex`
 /// must lie within this many bytes of each other.
 pub const DEV_WINDOW_LEN: usize = 64;

@@ -31,6 +31,10 @@ static PROBES: Array<ProbeCount> = Array::pinned(MAX_UPLINKS, 0);
 #[map(name = "DEVS")]
 static DEVS: Array<DevRef> = Array::pinned(MAX_UPLINKS, 0);
 
+/// Room for one read of a `net_device` (see `read_dev`).
+#[map(name = "WINDOW")]
+static WINDOW: PerCpuArray<[u8; DEV_WINDOW_LEN]> = PerCpuArray::with_max_entries(1, 0);
+
 /// Room for the group state the kernel writes when it switches by itself
 /// (too big for the BPF stack next to everything else).
 #[map(name = "SCRATCH")]
@@ -54,6 +58,7 @@ static FA_DEV_STATE: u32 = 0;
 static FA_DEV_FLAGS: u32 = 0;
 #[unsafe(no_mangle)]
 static FA_DEV_IFINDEX: u32 = 0;
+
 
 /// `net_device.flags`: administratively up.
 const IFF_UP: u32 = 1;
@@ -82,10 +87,16 @@ fn read_dev(addr: u64, ifindex: u32) -> u32 {
     let Some(base) = addr.checked_add(u64::from(global(&FA_DEV_WINDOW))) else {
         return DEV_UNKNOWN;
     };
-    let mut win = [0u8; DEV_WINDOW_LEN];
+    // Read into a per-CPU buffer: the BPF stack is short, and XDP's own
+    // frame plus the rule's subprograms must fit in it.
+    let Some(buf) = WINDOW.get_ptr_mut(0) else {
+        return DEV_UNKNOWN;
+    };
+    // SAFETY: a per-CPU value only this program run uses.
+    let win = unsafe { &mut *buf };
     // SAFETY: bpf_probe_read_kernel copes with any address (it fails
     // rather than faults); the ifindex read back is checked below.
-    if unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut win) }.is_err() {
+    if unsafe { bpf_probe_read_kernel_buf(base as *const u8, win) }.is_err() {
         return DEV_UNKNOWN;
     }
     let (st, fl, ix) = (global(&FA_DEV_STATE) as usize, global(&FA_DEV_FLAGS) as usize, global(&FA_DEV_IFINDEX) as usize);
@@ -113,8 +124,14 @@ fn read_dev(addr: u64, ifindex: u32) -> u32 {
 /// Whether the device of the uplink in `slot` (ifindex `ifindex`) has lost
 /// its carrier, gone down or away. `false` when not known: the kernel only
 /// acts on what it has read.
+///
+/// `active`: the uplink traffic leaves by now, checked on every frame. Its
+/// `state` and `flags` are read in one short read without the ifindex
+/// check: if that device was deleted (the only way its memory can be
+/// reused), leaving it is right whatever the read says. Every other uplink
+/// is read whole and checked against its ifindex before it is trusted.
 #[inline(always)]
-fn carrier_lost(slot: u32, ifindex: u32) -> bool {
+fn carrier_lost(slot: u32, ifindex: u32, active: bool) -> bool {
     if global(&FA_CARRIER_READS) == 0 {
         return false;
     }
@@ -123,6 +140,27 @@ fn carrier_lost(slot: u32, ifindex: u32) -> bool {
     };
     if dev.addr == 0 || dev.ifindex != ifindex {
         return false;
+    }
+    let (st, fl) = (global(&FA_DEV_STATE), global(&FA_DEV_FLAGS));
+    if active && fl >= st && fl - st + 4 <= 16 {
+        let Some(base) = dev.addr.checked_add(u64::from(global(&FA_DEV_WINDOW)) + u64::from(st)) else {
+            return false;
+        };
+        let mut win = [0u8; 16];
+        // SAFETY: as in `read_dev`: a failed read is "not known".
+        if unsafe { bpf_probe_read_kernel_buf(base as *const u8, &mut win) }.is_err() {
+            return false;
+        }
+        let f = (fl - st) as usize;
+        if f + 4 > 16 {
+            return false;
+        }
+        let state = u64::from(win[0]);
+        let flags = u32::from_ne_bytes([win[f], win[f + 1], win[f + 2], win[f + 3]]);
+        return flags & IFF_UP == 0
+            || state & LINK_STATE_START == 0
+            || state & LINK_STATE_PRESENT == 0
+            || state & LINK_STATE_NOCARRIER != 0;
     }
     read_dev(dev.addr, ifindex) == DEV_LOST
 }
@@ -160,18 +198,18 @@ fn record_dev(skb: u64, slot: u32, ifindex: u32) {
 /// Results of the fast rule's reads, kept out of the verifier's sight: a
 /// subprogram's return value is known to the verifier path by path, and
 /// eight of them multiply into millions of paths. Written to and read back
-/// from this map, a result is one unknown value. `[0]`: bit i set when
-/// member i is faulty; `[1]`: the active member's fault code.
+/// from this map, a result is one unknown value: bit i set when member i
+/// is faulty.
 #[map(name = "FAULTS")]
-static FAULTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
+static FAULTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
-/// Looks at one member: writes its fault into `FAULTS` (`bit` into `[0]`
-/// when `bit` is not 0, else the fault code into `[1]`). A subprogram of
-/// its own (scalars in, nothing out): its stack, a device window, is not
-/// repeated for every member the rule looks at.
+/// Looks at one member other than the active one: sets `bit` in
+/// `FAULTS[0]` when it is faulty. A subprogram of its own (scalars in,
+/// nothing out): its stack, a device window, is not repeated for every
+/// member the rule looks at.
 #[inline(never)]
 fn member_fault(slot: u32, ifindex: u32, down_after: u32, silence_ns: u64, bit: u32) {
-    let code = if ifindex == 0 || carrier_lost(slot, ifindex) {
+    let code = if ifindex == 0 || carrier_lost(slot, ifindex, false) {
         Fault::Carrier.code()
     } else {
         match PROBES.get(slot) {
@@ -183,16 +221,11 @@ fn member_fault(slot: u32, ifindex: u32, down_after: u32, silence_ns: u64, bit: 
             _ => 0,
         }
     };
-    let index = if bit == 0 { 1 } else { 0 };
-    if let Some(out) = FAULTS.get_ptr_mut(index) {
+    if code != 0
+        && let Some(out) = FAULTS.get_ptr_mut(0)
+    {
         // SAFETY: a per-CPU value only this program run uses.
-        unsafe {
-            if bit == 0 {
-                *out = code;
-            } else if code != 0 {
-                *out |= bit;
-            }
-        }
+        unsafe { *out |= bit };
     }
 }
 
@@ -205,27 +238,49 @@ fn faults(index: u32) -> u32 {
 /// The fast rule, on a frame about to leave by the group's active uplink:
 /// if that uplink is faulty, the kernel moves the group by itself (one map
 /// update) and tells the agent. Returns 1 when it did; the new state is
-/// then in `SCRATCH[0]`. (A subprogram of its own, scalars out: it keeps
-/// the entry point's stack small.)
-#[inline(never)]
+/// then in `SCRATCH[0]`. The active uplink's health is checked inline
+/// (every frame pays for it); the rest only runs when it is faulty.
+#[inline(always)]
 fn fast_rule(group_id: u32, group: &GroupState) -> u32 {
-    let policy = Policy::of(group);
-    if policy.hold {
+    if Policy::of(group).hold {
         return 0;
     }
     let Some(active) = group.active_index() else {
         return 0;
     };
-    let (down_after, silence_ns) = (u32::from(group.down_after), group.silence_ns);
     let m = group.members[active];
-    member_fault(m.slot, m.ifindex, down_after, silence_ns, 0);
-    let Some(fault) = Fault::from_code(faults(1)) else {
-        return 0;
+    let fault = if m.ifindex == 0 || carrier_lost(m.slot, m.ifindex, true) {
+        Fault::Carrier
+    } else {
+        let Some(p) = PROBES.get(m.slot) else {
+            return 0;
+        };
+        if !probes_unanswered(p, group.down_after) {
+            return 0;
+        }
+        // SAFETY: helper without preconditions.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if !silent(p, group.down_after, group.silence_ns, now) {
+            return 0;
+        }
+        Fault::Silence
     };
+    fail_over_from(group_id, group, active as u32, fault.code())
+}
+
+/// The active member `active` is faulty (`code`): chooses the uplink to
+/// move to from the others' state, writes the group and reports it.
+/// (A subprogram of its own, scalars out: it keeps the entry point's stack
+/// small and is verified apart from the frame path.)
+#[inline(never)]
+fn fail_over_from(group_id: u32, group: &GroupState, active: u32, code: u32) -> u32 {
+    let policy = Policy::of(group);
+    let active = active as usize;
     if let Some(out) = FAULTS.get_ptr_mut(0) {
-        // SAFETY: as above.
+        // SAFETY: a per-CPU value only this program run uses.
         unsafe { *out = 0 };
     }
+    let (down_after, silence_ns) = (u32::from(group.down_after), group.silence_ns);
     let mut i = 0;
     while i < MAX_GROUP_UPLINKS {
         if i < policy.count && i != active && policy.allowed & (1 << i) != 0 {
@@ -249,16 +304,19 @@ fn fast_rule(group_id: u32, group: &GroupState) -> u32 {
     if GROUPS.insert(&group_id, next, 0).is_err() {
         return 0;
     }
-    let event = KernelSwitch {
-        group: group_id,
-        from_ifindex: group.active_ifindex,
-        to_ifindex: next.active_ifindex,
-        reason: fault.code(),
-        // SAFETY: helper without preconditions.
-        at_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    // A full ring (the agent away for long): the map says it all the same.
-    let _ = KEVENTS.output::<KernelSwitch>(&event, 0);
+    // Written in place in the ring (no room on the stack). A full ring
+    // (the agent away for long): the map says it all the same.
+    if let Some(mut entry) = KEVENTS.reserve::<KernelSwitch>(0) {
+        entry.write(KernelSwitch {
+            group: group_id,
+            from_ifindex: group.active_ifindex,
+            to_ifindex: next.active_ifindex,
+            reason: code,
+            // SAFETY: helper without preconditions.
+            at_ns: unsafe { bpf_ktime_get_ns() },
+        });
+        entry.submit(0);
+    }
     1
 }
 
@@ -373,7 +431,7 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
             if active { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
         }
         Ingress::Other => {
-            if active {
+            if active || standby_takes_over(cfg.group, ifindex) {
                 xdp_action::XDP_PASS
             } else {
                 if let Some(s) = stats(cfg.slot) {
@@ -383,6 +441,19 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
             }
         }
     }
+}
+
+/// A frame arrived on an inactive uplink of a group: before it is dropped,
+/// the fast rule runs, so that traffic only the gateways send (nothing
+/// leaving by the active uplink to trigger it) also moves off a dead
+/// active. True when the rule made this uplink the active one.
+#[inline(always)]
+fn standby_takes_over(group_id: u32, ifindex: u32) -> bool {
+    // SAFETY: read-only lookup; the agent and the rule replace entries whole.
+    let Some(group) = (unsafe { GROUPS.get(&group_id) }) else {
+        return false;
+    };
+    fast_rule(group_id, group) != 0 && SCRATCH.get(0).is_some_and(|next| next.active_ifindex == ifindex)
 }
 
 #[classifier]

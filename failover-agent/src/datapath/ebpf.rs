@@ -99,8 +99,22 @@ impl CarrierGlobals {
     }
 }
 
+/// The values of the programs' globals: carrier reads on at these offsets,
+/// or off (`None`). Hand each to `EbpfLoader::override_global`.
+pub fn global_values(globals: Option<CarrierGlobals>) -> [(&'static str, u32); 6] {
+    let g = globals.unwrap_or(CarrierGlobals { skb_dev: 0, window: 0, state: 0, flags: 0, ifindex: 0 });
+    [
+        (GLOBAL_CARRIER_READS, u32::from(globals.is_some())),
+        (GLOBAL_SKB_DEV, g.skb_dev),
+        (GLOBAL_DEV_WINDOW, g.window),
+        (GLOBAL_DEV_STATE, g.state),
+        (GLOBAL_DEV_FLAGS, g.flags),
+        (GLOBAL_DEV_IFINDEX, g.ifindex),
+    ]
+}
+
 /// The carrier globals for this kernel, or why there are none.
-fn carrier_globals(wanted: bool) -> Result<CarrierGlobals, String> {
+pub fn carrier_globals(wanted: bool) -> Result<CarrierGlobals, String> {
     if !wanted {
         return Err("turned off".into());
     }
@@ -268,16 +282,7 @@ impl EbpfDatapath {
     fn load(opts: &DatapathOptions, object: &[u8], globals: Option<CarrierGlobals>) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(opts.pin_dir.join("maps"));
-        let g = globals.unwrap_or(CarrierGlobals { skb_dev: 0, window: 0, state: 0, flags: 0, ifindex: 0 });
-        let on = u32::from(globals.is_some());
-        let values = [
-            (GLOBAL_CARRIER_READS, on),
-            (GLOBAL_SKB_DEV, g.skb_dev),
-            (GLOBAL_DEV_WINDOW, g.window),
-            (GLOBAL_DEV_STATE, g.state),
-            (GLOBAL_DEV_FLAGS, g.flags),
-            (GLOBAL_DEV_IFINDEX, g.ifindex),
-        ];
+        let values = global_values(globals);
         for (name, value) in &values {
             loader.override_global(name, value, true);
         }

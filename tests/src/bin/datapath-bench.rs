@@ -1,7 +1,10 @@
 //! Datapath overhead, measured: `cargo run --release -p failover-tests --bin datapath-bench`.
 //!
 //! 1. Cost of the XDP program per frame, from `BPF_PROG_TEST_RUN` with many
-//!    repeats, for a valid probe reply, a rejected one and VM traffic.
+//!    repeats, for a valid probe reply, a rejected one and VM traffic; and
+//!    of the TC egress program per VM frame leaving the active uplink, with
+//!    the kernel's fast rule (carrier read from the device, silence check)
+//!    on and off.
 //! 2. TCP throughput over a veth (iperf3, both directions) with no programs,
 //!    with native XDP and with skb XDP, the uplink active.
 //!
@@ -14,10 +17,13 @@ use std::{
 
 use aya::{
     EbpfLoader,
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
-use failover_agent::datapath::{Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode, ebpf::object};
-use failover_common::PROG_XDP;
+use failover_agent::datapath::{
+    Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode,
+    ebpf::{carrier_globals, global_values, object},
+};
+use failover_common::{GROUP_KERNEL_FAILOVER, GroupState, Member, PROBE_MARK, PROG_TC_EGRESS, PROG_XDP};
 use failover_tests::{
     Netns, PinDir,
     lab::{GW_IP, GW1_MAC, PROBE_IP, UP1_MAC, group_state, uplink},
@@ -64,6 +70,31 @@ fn xdp_cost(pins: &PinDir, ifindex: u32) -> Vec<(&'static str, f64)> {
             (*name, r.duration.as_secs_f64() * 1e9)
         })
         .collect()
+}
+
+/// Mean ns per run of the TC egress program on a VM frame leaving the active
+/// uplink `ifindex`, with the carrier reads on or off.
+fn tc_cost(pins: &PinDir, ifindex: u32, carrier: bool) -> f64 {
+    let values = global_values(carrier.then(|| carrier_globals(true).expect("BTF offsets")));
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(pins.path().join("maps"));
+    for (name, value) in &values {
+        loader.override_global(name, value, true);
+    }
+    let mut ebpf = loader.load(object().expect("eBPF object")).expect("load");
+    let prog: &mut SchedClassifier = ebpf.program_mut(PROG_TC_EGRESS).expect("program").try_into().expect("TC");
+    prog.load().expect("load TC");
+    let frame = test_frame(GW1_MAC, UP1_MAC, [192, 0, 2, 10], GW_IP, 0, 0);
+    let run = |mark: u32, repeat: u32| {
+        let mut ctx = [0u8; 44];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let opts = TestRunOptions { data_in: Some(&frame), ctx_in: Some(&ctx), repeat, ..TestRunOptions::new() };
+        prog.test_run(opts).expect("test run").duration.as_secs_f64() * 1e9
+    };
+    // A probe first: the device is recorded, as a running agent's probes do.
+    run(PROBE_MARK, 1);
+    run(0, REPEAT)
 }
 
 fn iperf(host: &Netns, gw: &Netns, reverse: bool) -> Option<f64> {
@@ -116,6 +147,33 @@ fn main() -> ExitCode {
         ifindex
     });
     for (name, ns) in host.run(|| xdp_cost(&pins, ifindex)) {
+        println!("| {name} | {ns:.1} |");
+    }
+    println!("\n| TC egress program, per VM frame on the active uplink (BPF_PROG_TEST_RUN x{REPEAT}) | ns |\n|---|---|");
+    let mut group = GroupState::inactive();
+    group.member_count = 1;
+    group.members[0] = Member { ifindex, slot: 0 };
+    group.active_ifindex = ifindex;
+    group.allowed = 1;
+    group.down_after = 3;
+    group.silence_ns = 31_000_000;
+    for (name, flags, carrier) in [
+        ("fast rule off (agent decides)", 0, false),
+        ("fast rule on, silence check only (carrier reads off)", GROUP_KERNEL_FAILOVER, false),
+        ("fast rule on, carrier read from the device + silence check (the default)", GROUP_KERNEL_FAILOVER, true),
+    ] {
+        let mut state = group;
+        state.flags = flags;
+        let ns = host.run(|| {
+            let mut dp = EbpfDatapath::open(&DatapathOptions {
+                pin_dir: pins.path().to_path_buf(),
+                xdp_mode: XdpAttachMode::Native,
+                carrier_reads: true,
+            })
+            .expect("open");
+            dp.set_group(0, &state).expect("group");
+            tc_cost(&pins, ifindex, carrier)
+        });
         println!("| {name} | {ns:.1} |");
     }
     drop(pins);
