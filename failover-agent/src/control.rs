@@ -13,8 +13,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::failover::{Decider, Gateway, Link, Reason};
 use crate::failover::{AlarmKind as CoreAlarm, Part};
+pub use crate::failover::{Decider, Gateway, Link, Reason};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
@@ -472,6 +472,16 @@ pub fn format_unix_ms(ms: u64) -> String {
 /// `status` as a table for a terminal.
 pub fn render_status(status: &Status, now_unix_ms: u64) -> String {
     let mut out = String::new();
+    if let Some(a) = &status.agent {
+        if !a.kernel_failover {
+            out.push_str("note: kernel_failover = false: the agent decides every switchover\n");
+        } else if let Some(why) = &a.kernel_carrier_off {
+            let _ = writeln!(
+                out,
+                "note: the datapath does not read carrier ({why}): the agent decides link faults, reading each link every probe round"
+            );
+        }
+    }
     for g in &status.groups {
         let _ = write!(out, "group {} (bridge {})", g.name, g.bridge);
         let _ = write!(out, "  active: {}", g.active.as_deref().unwrap_or("-"));
@@ -494,7 +504,11 @@ pub fn render_status(status: &Status, now_unix_ms: u64) -> String {
                 "  last switchover: {} -> {} ({}), {ago} s ago{}",
                 s.from.as_deref().unwrap_or("-"),
                 s.to,
-                if s.decided_by == Decider::Kernel { format!("{}, by the kernel", s.reason) } else { s.reason.to_string() },
+                if s.decided_by == Decider::Kernel {
+                    format!("{}, by the kernel", s.reason)
+                } else {
+                    s.reason.to_string()
+                },
                 s.duration_us.map_or(String::new(), |us| format!(", map updated in {us} us"))
             );
         }

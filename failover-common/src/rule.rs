@@ -16,7 +16,9 @@
 //!   down one detection time after the last packet received). An agent that
 //!   is stopped sends no probes, so it never makes gateways read as silent.
 
-use crate::{GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, MAX_GROUP_UPLINKS, ProbeCount, SWITCH_CARRIER, SWITCH_SILENCE};
+use crate::{
+    GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, MAX_GROUP_UPLINKS, ProbeCount, SWITCH_CARRIER, SWITCH_SILENCE,
+};
 
 /// Why an uplink cannot carry traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

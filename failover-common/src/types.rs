@@ -427,7 +427,10 @@ mod tests {
         assert_eq!(offset_of!(GroupState, allowed), 143);
         assert_eq!(offset_of!(GroupState, preferred), 144);
         assert_eq!(offset_of!(GroupState, reserved), 145);
-        assert_eq!(size_of::<GroupState>(), 4 + 4 + 6 + 2 + 6 * MAX_GROUP_UPLINKS + 8 * MAX_GROUP_UPLINKS + 8 + 4 + 2 + 3 + 7);
+        assert_eq!(
+            size_of::<GroupState>(),
+            4 + 4 + 6 + 2 + 6 * MAX_GROUP_UPLINKS + 8 * MAX_GROUP_UPLINKS + 8 + 4 + 2 + 3 + 7
+        );
     }
 
     #[test]

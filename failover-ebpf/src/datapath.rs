@@ -59,7 +59,6 @@ static FA_DEV_FLAGS: u32 = 0;
 #[unsafe(no_mangle)]
 static FA_DEV_IFINDEX: u32 = 0;
 
-
 /// `net_device.flags`: administratively up.
 const IFF_UP: u32 = 1;
 /// `net_device.state` bits (`enum netdev_state_t`).
@@ -99,7 +98,8 @@ fn read_dev(addr: u64, ifindex: u32) -> u32 {
     if unsafe { bpf_probe_read_kernel_buf(base as *const u8, win) }.is_err() {
         return DEV_UNKNOWN;
     }
-    let (st, fl, ix) = (global(&FA_DEV_STATE) as usize, global(&FA_DEV_FLAGS) as usize, global(&FA_DEV_IFINDEX) as usize);
+    let (st, fl, ix) =
+        (global(&FA_DEV_STATE) as usize, global(&FA_DEV_FLAGS) as usize, global(&FA_DEV_IFINDEX) as usize);
     if st + 8 > DEV_WINDOW_LEN || fl + 4 > DEV_WINDOW_LEN || ix + 4 > DEV_WINDOW_LEN {
         return DEV_UNKNOWN;
     }

@@ -80,12 +80,24 @@ pub fn agent_binary() -> PathBuf {
 /// Starts the agent in `host` (with `nsenter --net`, so its pins stay on the
 /// machine's bpffs), its log in `log`, and waits until it answers on `socket`.
 pub fn spawn_agent(host: &Netns, config: &Path, socket: &Path, log: PathBuf) -> AgentProcess {
+    spawn_agent_with(host, config, socket, log, &[])
+}
+
+/// [`spawn_agent`] with more environment variables for the agent.
+pub fn spawn_agent_with(
+    host: &Netns,
+    config: &Path,
+    socket: &Path,
+    log: PathBuf,
+    env: &[(&str, &str)],
+) -> AgentProcess {
     let child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", host.name()))
         .arg(agent_binary())
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(fs::File::create(&log).expect("agent log"))
         .spawn()

@@ -484,10 +484,15 @@ impl OvsLab {
     /// Starts the agent in the host namespace (its pins on the machine's
     /// bpffs) and waits until it answers.
     pub fn start_agent(&mut self) -> AgentProcess {
+        self.start_agent_with(&[])
+    }
+
+    /// [`OvsLab::start_agent`] with more environment variables for the agent.
+    pub fn start_agent_with(&mut self, env: &[(&str, &str)]) -> AgentProcess {
         self.write_config();
         self.starts += 1;
         let log = self.spec.dir.join(format!("agent-{}.log", self.starts));
-        let agent = agent_lab::spawn_agent(&self.host, &self.config_path(), &self.socket_path(), log);
+        let agent = agent_lab::spawn_agent_with(&self.host, &self.config_path(), &self.socket_path(), log, env);
         let _ = fs::write(self.spec.dir.join("agent.pid"), agent.pid().to_string());
         agent
     }

@@ -151,19 +151,14 @@ fn tap_carrier_loss_reaches_user_space_about_a_second_late() {
     );
 }
 
-/// With the agent: a TAP uplink (a NIC towards linkwatch) that loses its
-/// carrier 100 ms after another link event is left by the kernel's fast
-/// rule on the next frame, while the notification is held back.
-#[test]
-fn a_tap_uplink_losing_its_carrier_is_left_by_the_kernel_at_once() {
-    if !privileged("a_tap_uplink_losing_its_carrier_is_left_by_the_kernel_at_once") {
-        return;
-    }
-    let _turn = serial();
+/// A TAP uplink (a NIC towards linkwatch) loses its carrier 100 ms after
+/// another link event, with the agent running; returns the traffic report,
+/// the delay of the `RTM_NEWLINK` and the final status.
+fn tap_fault_with_agent(env: &[(&str, &str)]) -> (udp::Report, Duration, failover_agent::control::Status) {
     let name = unique_name("tapa");
     let spec = LabSpec { dir: std::env::temp_dir().join(&name), tap_uplink: Some(1), ..LabSpec::named(&name) };
     let mut lab = OvsLab::up(spec).expect("lab up");
-    let _agent = lab.start_agent();
+    let _agent = lab.start_agent_with(env);
     lab.wait_ready();
     let host = &lab.host;
     host.ip(&["link", "add", "lw0", "type", "veth", "peer", "name", "lw1"]);
@@ -185,13 +180,53 @@ fn a_tap_uplink_losing_its_carrier_is_left_by_the_kernel_at_once() {
         s.groups[0].active.as_deref() == Some("standby")
             && s.alarms.iter().any(|a| a.kind == "nic" && a.uplink.as_deref() == Some("primary"))
     });
+    (r, down.at.saturating_duration_since(cut), s)
+}
+
+/// With the agent: the kernel leaves the TAP uplink on the next frame,
+/// while the notification is held back.
+#[test]
+fn a_tap_uplink_losing_its_carrier_is_left_by_the_kernel_at_once() {
+    if !privileged("a_tap_uplink_losing_its_carrier_is_left_by_the_kernel_at_once") {
+        return;
+    }
+    let _turn = serial();
+    let (r, notified, s) = tap_fault_with_agent(&[]);
     let by = s.groups[0].last_switchover.as_ref().map(|x| x.decided_by);
     eprintln!(
-        "TAP uplink carrier lost 100 ms after another link event: RTM_NEWLINK {:.1} ms after the ioctl; VM traffic \
-         {r}; switched by {by:?}",
-        ms(down.at.saturating_duration_since(cut))
+        "TAP uplink carrier lost 100 ms after another link event: RTM_NEWLINK {:.1} ms after the ioctl (the \
+         agent's read on the kernel's report releases it); VM traffic {r}; switched by {by:?}",
+        ms(notified)
     );
+    assert!(s.agent.as_ref().is_some_and(|a| a.kernel_carrier_off.is_none()), "{:?}", s.agent);
+    assert!(s.groups[0].uplinks.iter().all(|u| u.kernel_carrier), "the kernel reads both carriers");
+    assert_eq!(by, Some(failover_agent::control::Decider::Kernel));
     assert_eq!(r.duplicates, 0, "{r}");
     assert!(r.per_receiver[1] > 0, "traffic moved to the standby: {r}");
     assert!(r.max_gap < Duration::from_millis(50), "the kernel left the dead NIC on the next frame: {r}");
+}
+
+/// Without the kernel's carrier reads (as under lockdown; forced here):
+/// the agent reads each link every probe round, which releases linkwatch's
+/// held-back notification, and decides itself within a few probe rounds;
+/// `status` says why.
+#[test]
+fn without_kernel_carrier_reads_the_agent_reads_the_links_itself() {
+    if !privileged("without_kernel_carrier_reads_the_agent_reads_the_links_itself") {
+        return;
+    }
+    let _turn = serial();
+    let (r, notified, s) = tap_fault_with_agent(&[("FAILOVER_KERNEL_CARRIER", "off")]);
+    let sw = s.groups[0].last_switchover.clone();
+    eprintln!(
+        "kernel carrier reads off, TAP uplink carrier lost: RTM_NEWLINK {:.1} ms after the ioctl; VM traffic {r}; \
+         switchover {sw:?}",
+        ms(notified)
+    );
+    let off = s.agent.as_ref().and_then(|a| a.kernel_carrier_off.clone()).unwrap_or_default();
+    assert!(off.contains("FAILOVER_KERNEL_CARRIER"), "status says why: {off:?}");
+    assert!(s.groups[0].uplinks.iter().all(|u| !u.kernel_carrier));
+    assert!(notified < Duration::from_millis(100), "the agent's own reads released the notification");
+    assert_eq!(r.duplicates, 0, "{r}");
+    assert!(r.max_gap < Duration::from_millis(100), "{r}");
 }

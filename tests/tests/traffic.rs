@@ -180,7 +180,8 @@ fn reloading_reuses_the_pins_and_loses_nothing() {
         return;
     }
     let mut t = TwoUplinks::new(XdpAttachMode::Native);
-    let opts = DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native, carrier_reads: true };
+    let opts =
+        DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native, carrier_reads: true };
     // Traffic through the inactive uplink only arrives while the TC program
     // keeps redirecting it: any gap in the datapath shows as loss.
     let sender = t.host.run(|| PacketSocket::open("up2").unwrap());
@@ -265,7 +266,8 @@ fn attaching_to_a_missing_interface_names_it_and_leaves_nothing() {
         return;
     }
     let t = TwoUplinks::new(XdpAttachMode::Skb);
-    let opts = DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Skb, carrier_reads: true };
+    let opts =
+        DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Skb, carrier_reads: true };
     t.host.run(|| {
         let mut dp = EbpfDatapath::open(&opts).unwrap();
         let err = dp.attach_uplink("eth9", &uplink(5, UP1_MAC)).unwrap_err();

@@ -63,6 +63,12 @@ use crate::{
 /// the kernel reads carrier itself, every uplink's link read anew (a
 /// netlink overrun loses events).
 const PIN_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often, at most, every uplink's link is read when the kernel cannot
+/// read carrier itself (each read takes the kernel's rtnl lock, ~0.2 ms).
+const LINK_READ_EVERY: Duration = Duration::from_millis(10);
+/// How often every group's kernel state is compared with the plan, besides
+/// at each group's own probe rounds.
+const FULL_SYNC_EVERY: Duration = Duration::from_millis(100);
 
 /// Now on `CLOCK_MONOTONIC`, the clock of the datapath's reply times.
 fn monotonic() -> Duration {
@@ -94,6 +100,8 @@ pub struct Agent<D: Datapath, P: ProbeTransport> {
     next_pin_check: Instant,
     /// Interfaces to read anew (see [`link::LinkQuery`]).
     link_queries: BTreeSet<u32>,
+    next_link_read: Instant,
+    next_full_sync: Instant,
     /// Where the metrics endpoint listens, once bound.
     metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -127,6 +135,8 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             dirty: false,
             next_pin_check: now,
             link_queries: BTreeSet::new(),
+            next_link_read: now,
+            next_full_sync: now,
             metrics_addr: None,
         })
     }
@@ -355,11 +365,9 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             let Some(g) = self.topo.group_of(group) else {
                 continue;
             };
-            let (Some(from), Some(to), Some(fault)) = (
-                self.topo.uplink_of(g, from_ifindex),
-                self.topo.uplink_of(g, to_ifindex),
-                Fault::from_code(reason),
-            ) else {
+            let (Some(from), Some(to), Some(fault)) =
+                (self.topo.uplink_of(g, from_ifindex), self.topo.uplink_of(g, to_ifindex), Fault::from_code(reason))
+            else {
                 warn!(group, from_ifindex, to_ifindex, reason, "a kernel switchover report that matches no uplink");
                 continue;
             };
@@ -394,7 +402,10 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
 
     /// A probe round is due: read the datapath's counters, then let the core judge.
     pub fn on_timeout(&mut self, now: Instant) {
-        for (g, u) in self.topo.positions().collect::<Vec<_>>() {
+        // Only the groups whose round is due: each read is a system call,
+        // and at 1 ms probes the loop wakes for one group at a time.
+        let due = self.core.due_groups(now);
+        for (g, u) in self.topo.positions().filter(|(g, _)| due.contains(g)).collect::<Vec<_>>() {
             if !self.topo.rt(g, u).attached {
                 continue;
             }
@@ -415,25 +426,33 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         if now >= self.next_pin_check {
             self.next_pin_check = now + PIN_CHECK_EVERY;
             self.check_pins(now);
-            self.queue_link_reads(true);
-        } else {
-            self.queue_link_reads(false);
+            self.queue_link_reads();
+        } else if self.kernel_carrier != KernelCarrier::On && now >= self.next_link_read {
+            self.next_link_read = now + LINK_READ_EVERY;
+            self.queue_link_reads();
         }
-        // Rules that have settled let the datapath stop redirecting.
+        // The groups of this round are compared with the kernel's state;
+        // every group at least every FULL_SYNC_EVERY (rules that have
+        // settled let the datapath stop redirecting).
+        let all = now >= self.next_full_sync;
+        if all {
+            self.next_full_sync = now + FULL_SYNC_EVERY;
+        }
         for g in 0..self.config.groups.len() {
-            self.sync_group(g, now);
+            if all || due.contains(&g) {
+                self.sync_group(g, now);
+            }
         }
     }
 
-    /// Reads every attached uplink's link anew: each probe round when the
-    /// kernel cannot read carrier (the user-space fast path: it also
-    /// releases the kernel's held-back notification), once a second
-    /// otherwise (events lost to a netlink overrun).
-    fn queue_link_reads(&mut self, every_second: bool) {
-        if every_second || self.kernel_carrier != KernelCarrier::On {
-            let ifindexes: Vec<u32> = self.topo.positions().filter_map(|(g, u)| self.topo.rt(g, u).ifindex).collect();
-            self.link_queries.extend(ifindexes);
-        }
+    /// Reads every uplink's link anew: each probe round (at most every
+    /// [`LINK_READ_EVERY`]) when the kernel cannot read carrier (the
+    /// user-space fast path: a read also releases the kernel's held-back
+    /// notification), once a second otherwise (events lost to a netlink
+    /// overrun).
+    fn queue_link_reads(&mut self) {
+        let ifindexes: Vec<u32> = self.topo.positions().filter_map(|(g, u)| self.topo.rt(g, u).ifindex).collect();
+        self.link_queries.extend(ifindexes);
     }
 
     /// Pins removed by hand are put back, and uplinks whose link pin went
@@ -507,7 +526,10 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                             if by == Decider::Agent {
                                 let us = took.unwrap_or_default().as_micros() as u64;
                                 info!(group = %name, from, to = %to, reason = reason.as_str(), duration_us = us, "switchover");
-                                let msg = format!("{from} -> {to} ({}), map updated {us} us after the decision", reason.as_str());
+                                let msg = format!(
+                                    "{from} -> {to} ({}), map updated {us} us after the decision",
+                                    reason.as_str()
+                                );
                                 self.journal.record(EventKind::Switchover, Some(&name), Some(&to), msg);
                             }
                         }
@@ -626,7 +648,10 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             ovs.done(done, now);
         }
         for cookie in &done.orphans_removed {
-            let msg = format!("removed the agent's rules with cookie {cookie:#x} from {}: no longer configured", done.flows.bridge);
+            let msg = format!(
+                "removed the agent's rules with cookie {cookie:#x} from {}: no longer configured",
+                done.flows.bridge
+            );
             warn!("{msg}");
             self.journal.record(EventKind::Ovs, None, None, msg);
         }
@@ -717,11 +742,9 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
     pub fn on_request(&mut self, request: Request, now: Instant) -> Response {
         match request {
             Request::Status => Response { ok: true, status: Some(self.status()), ..Response::default() },
-            Request::Events { limit, .. } => Response {
-                ok: true,
-                events: Some(self.journal.recent(limit.unwrap_or(100))),
-                ..Response::default()
-            },
+            Request::Events { limit, .. } => {
+                Response { ok: true, events: Some(self.journal.recent(limit.unwrap_or(100))), ..Response::default() }
+            }
             Request::Switch { group, uplink, force } => {
                 let Some(g) = self.config.groups.iter().position(|x| x.name == group) else {
                     return Response::error(format!("no group {group:?}"));
@@ -858,8 +881,12 @@ fn clean_old_bridges(config: &Config, saved: Option<&State>, ovs_cli: &OvsCli) {
         }
         let (cli, bridge) = (ovs_cli.clone(), bridge.clone());
         tokio::task::spawn_blocking(move || match reconcile::ovs::remove_orphans(&cli, &bridge, &BTreeSet::new()) {
-            Ok(removed) => info!(bridge = %bridge, rules = removed.len(), "removed the agent's rules from a bridge no longer configured"),
-            Err(e) => warn!(bridge = %bridge, error = %e, "removing the agent's rules from a bridge no longer configured"),
+            Ok(removed) => {
+                info!(bridge = %bridge, rules = removed.len(), "removed the agent's rules from a bridge no longer configured");
+            }
+            Err(e) => {
+                warn!(bridge = %bridge, error = %e, "removing the agent's rules from a bridge no longer configured");
+            }
         });
     }
 }
@@ -938,10 +965,9 @@ async fn run_async(config: Config, config_path: &std::path::Path) -> anyhow::Res
             let q = query.clone();
             tokio::spawn(async move { q.refresh(ifindex).await });
         }
-        let due = agent.next_deadline(now).map_or_else(
-            || tokio::time::Instant::now() + Duration::from_secs(1),
-            tokio::time::Instant::from_std,
-        );
+        let due = agent
+            .next_deadline(now)
+            .map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1), tokio::time::Instant::from_std);
         let input = tokio::select! {
             biased;
             () = kernel_ready(kernel_fd.as_ref()) => Input::Kernel,

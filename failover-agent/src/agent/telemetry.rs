@@ -96,9 +96,12 @@ impl Telemetry {
                 m.kernel_carrier.with_label_values(&labels).set(i64::from(facts(g, u).kernel_carrier));
                 flapping |= view.is_some_and(|v| v.flapping);
                 for (part, kind) in [("nic", Part::Nic), ("gateway", Part::Gateway)] {
-                    let raised =
-                        core.alarms().any(|a| a.group == g && a.uplink == Some(u) && a.kind == AlarmKind::Replace(kind));
-                    m.alarm.with_label_values(&[group.name.as_str(), uplink.name.as_str(), part]).set(i64::from(raised));
+                    let raised = core
+                        .alarms()
+                        .any(|a| a.group == g && a.uplink == Some(u) && a.kind == AlarmKind::Replace(kind));
+                    m.alarm
+                        .with_label_values(&[group.name.as_str(), uplink.name.as_str(), part])
+                        .set(i64::from(raised));
                 }
             }
             let no_healthy = core.alarms().any(|a| a.group == g && a.kind == AlarmKind::NoHealthyUplink);

@@ -181,7 +181,12 @@ impl Rig {
             .borrow()
             .ifaces
             .iter()
-            .map(|(n, i)| LinkEvent { ifname: n.clone(), ifindex: *i, mac: Some([2, 0, 0, 0, 1, *i as u8]), state: LinkState::Up })
+            .map(|(n, i)| LinkEvent {
+                ifname: n.clone(),
+                ifindex: *i,
+                mac: Some([2, 0, 0, 0, 1, *i as u8]),
+                state: LinkState::Up,
+            })
             .collect();
         let mut agent = Agent::new(config, FakeDp(world.clone()), FakeProbes(world.clone()), now).unwrap();
         agent.start(&dump, None, now);
@@ -240,7 +245,13 @@ fn a_kernel_switch_is_ratified_and_not_undone() {
         let mut world = w.borrow_mut();
         let moved = world.groups[&id].switched_to(1);
         world.groups.insert(id, moved);
-        world.kernel.push(KernelSwitch { group: id, from_ifindex: 10, to_ifindex: 11, reason: SWITCH_CARRIER, at_ns: 0 });
+        world.kernel.push(KernelSwitch {
+            group: id,
+            from_ifindex: 10,
+            to_ifindex: 11,
+            reason: SWITCH_CARRIER,
+            at_ns: 0,
+        });
     }
     // A probe round before the report is read must not write the old active back.
     rig.rounds(1);
@@ -319,7 +330,11 @@ fn a_reload_that_changes_the_topology_moves_no_state_between_uplinks() {
 #[test]
 fn a_removed_group_loses_its_datapath_state() {
     let w = world(&["e1", "e2", "e3", "e4"]);
-    let mut rig = Rig::start(&w, config(&[("a", &[("p", "e1"), ("s", "e2")]), ("b", &[("x", "e3"), ("y", "e4")])]), Instant::now());
+    let mut rig = Rig::start(
+        &w,
+        config(&[("a", &[("p", "e1"), ("s", "e2")]), ("b", &[("x", "e3"), ("y", "e4")])]),
+        Instant::now(),
+    );
     rig.rounds(3);
     drop(rig);
     let rig = Rig::start(&w, config(&[("a", &[("p", "e1"), ("s", "e2")])]), Instant::now());

@@ -106,11 +106,8 @@ impl Topology {
     /// uplink entries, ifindex -> configuration) where the identity matches,
     /// free ones otherwise.
     pub fn new(config: &Config, pinned: &[(u32, UplinkConfig)]) -> Result<Self, NoSlot> {
-        let idents: Vec<Vec<UplinkIdent>> = config
-            .groups
-            .iter()
-            .map(|g| g.uplinks.iter().map(|u| UplinkIdent::of(&g.name, u)).collect())
-            .collect();
+        let idents: Vec<Vec<UplinkIdent>> =
+            config.groups.iter().map(|g| g.uplinks.iter().map(|u| UplinkIdent::of(&g.name, u)).collect()).collect();
         let wanted: BTreeSet<UplinkIdent> = idents.iter().flatten().copied().collect();
         // Slots held by entries that stay (the same identity) are taken;
         // the others are free again.

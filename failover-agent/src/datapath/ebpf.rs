@@ -275,6 +275,10 @@ impl EbpfDatapath {
         };
         let kevents = this.ebpf.take_map(MAP_KEVENTS).ok_or_else(|| missing_map(MAP_KEVENTS))?;
         this.kevents = Some(RingBuf::try_from(kevents).map_err(map_err(MAP_KEVENTS, "open"))?);
+        // Loading read the kernel's BTF twice (aya's and ours, ~6 MB each):
+        // give the freed heap back rather than keep it resident for ever.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         Ok(this)
     }
 
@@ -665,11 +669,8 @@ impl Datapath for EbpfDatapath {
 
 /// `<kind>-<ifname>-<ifindex>` -> its parts.
 fn parse_link_pin(name: &str) -> Option<(&'static str, String, u32)> {
-    let (kind, rest) = if let Some(r) = name.strip_prefix("xdp-") {
-        ("xdp", r)
-    } else {
-        ("tc", name.strip_prefix("tc-")?)
-    };
+    let (kind, rest) =
+        if let Some(r) = name.strip_prefix("xdp-") { ("xdp", r) } else { ("tc", name.strip_prefix("tc-")?) };
     let (ifname, ifindex) = rest.rsplit_once('-')?;
     Some((kind, ifname.to_string(), ifindex.parse().ok()?))
 }

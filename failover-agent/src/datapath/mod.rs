@@ -177,7 +177,9 @@ pub enum DatapathError {
     },
     #[error("interface {ifname}: uplink slot {slot} is out of range (at most {max})")]
     SlotOutOfRange { ifname: String, slot: u32, max: u32 },
-    #[error("pin directory {path}: the pinned datapath is of layout {found}, this agent's is {want}; replacing it failed")]
+    #[error(
+        "pin directory {path}: the pinned datapath is of layout {found}, this agent's is {want}; replacing it failed"
+    )]
     Upgrade {
         path: PathBuf,
         found: String,

@@ -496,6 +496,12 @@ impl Core {
         }
     }
 
+    /// The groups whose probe round is due at `now` (the driver reads only
+    /// their counters before [`Core::handle_timeout`]).
+    pub fn due_groups(&self, now: Instant) -> Vec<usize> {
+        self.groups.iter().enumerate().filter(|(_, g)| g.next_probe <= now).map(|(i, _)| i).collect()
+    }
+
     /// When [`Core::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.groups.iter().map(|g| g.next_probe).min()

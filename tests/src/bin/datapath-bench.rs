@@ -149,7 +149,9 @@ fn main() -> ExitCode {
     for (name, ns) in host.run(|| xdp_cost(&pins, ifindex)) {
         println!("| {name} | {ns:.1} |");
     }
-    println!("\n| TC egress program, per VM frame on the active uplink (BPF_PROG_TEST_RUN x{REPEAT}) | ns |\n|---|---|");
+    println!(
+        "\n| TC egress program, per VM frame on the active uplink (BPF_PROG_TEST_RUN x{REPEAT}) | ns |\n|---|---|"
+    );
     let mut group = GroupState::inactive();
     group.member_count = 1;
     group.members[0] = Member { ifindex, slot: 0 };
@@ -189,9 +191,12 @@ fn main() -> ExitCode {
         let pins = PinDir::new();
         if let Some(mode) = mode {
             host.run(|| {
-                let mut dp =
-                    EbpfDatapath::open(&DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: mode, carrier_reads: true })
-                        .expect("open");
+                let mut dp = EbpfDatapath::open(&DatapathOptions {
+                    pin_dir: pins.path().to_path_buf(),
+                    xdp_mode: mode,
+                    carrier_reads: true,
+                })
+                .expect("open");
                 dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
                 let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");
                 dp.set_group(0, &group_state(ifindex, GW1_MAC)).expect("group");

@@ -48,6 +48,7 @@ fn stream(sock: &PacketSocket, dst: [u8; 6], id: u32, count: u64, rate: u64, mut
     }
 }
 
+#[expect(clippy::too_many_lines, reason = "the tour's steps, in the order it tells them")]
 fn tour() -> Result<(), String> {
     step(1, "A throwaway lab: one host namespace, two uplinks, two gateways");
     let mut t = TwoUplinks::new(XdpAttachMode::Native);
@@ -138,7 +139,8 @@ fn tour() -> Result<(), String> {
     check(lost == 0 && !at_gw2.is_empty() && readdressed, "no frame lost, all readdressed to gateway 2's MAC")?;
 
     step(5, "The agent restarts: the pinned datapath keeps running");
-    let opts = DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native, carrier_reads: true };
+    let opts =
+        DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native, carrier_reads: true };
     drop(t.dp.take());
     let outcomes = t.host.run(|| {
         let mut dp = EbpfDatapath::open(&opts).expect("reopen");

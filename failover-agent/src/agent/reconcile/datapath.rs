@@ -90,7 +90,11 @@ pub fn group_plan(config: &Config, topo: &Topology, core: &Core, g: usize, steer
     if !steer.settled {
         state.flags |= GROUP_REDIRECT_INACTIVE;
     }
-    state.steer_ifindex = steer.rules_uplink.map_or(0, ifindex_of);
+    // Where the rules have settled, only the uplink they point at may
+    // redirect (should the kernel switch by itself, flooded copies leaving
+    // other inactive uplinks are dropped); while they are being changed,
+    // frames cached flows still send out of the old uplink go along too.
+    state.steer_ifindex = if steer.settled { steer.rules_uplink.map_or(0, ifindex_of) } else { 0 };
     if config.agent.kernel_failover {
         state.flags |= GROUP_KERNEL_FAILOVER;
     }
@@ -162,8 +166,11 @@ pub fn remove_orphans<D: Datapath>(dp: &mut D, config: &Config, topo: &Topology)
         // An entry of a configured interface is rewritten when it is attached.
         if !idents.contains(&cfg.ident) && !live.contains(&ifindex) {
             match dp.detach_interface("", ifindex) {
-                Ok(()) => removed.push(format!("removed the entry of ifindex {ifindex} (slot {}): no longer configured", cfg.slot)),
-                Err(e) => removed.push(format!("removing the entry of ifindex {ifindex} failed: {}", anyhow::Error::from(e))),
+                Ok(()) => removed
+                    .push(format!("removed the entry of ifindex {ifindex} (slot {}): no longer configured", cfg.slot)),
+                Err(e) => {
+                    removed.push(format!("removing the entry of ifindex {ifindex} failed: {}", anyhow::Error::from(e)));
+                }
             }
         }
     }
