@@ -336,3 +336,38 @@ fn ovsdb_server_crash_and_restart_leave_the_agent_working() {
     eprintln!("then a NIC fault: {r}");
     assert!(r.lost < RATE / 5 && r.duplicates == 0, "{r}");
 }
+
+#[test]
+fn a_group_renamed_on_reload_leaves_no_rules_of_its_old_name() {
+    if !privileged("a_group_renamed_on_reload_leaves_no_rules_of_its_old_name") {
+        return;
+    }
+    use failover_agent::{agent::topology::GroupId, ovs::cookie};
+    let (lab, agent) = lab_with_agent();
+    assert_flows(&lab, 1);
+    let all = || {
+        let dump = lab
+            .ofctl(&["-O", "OpenFlow14", "dump-flows", "BRIDGE", "cookie=0xfa11000000000000/0xffffffff00000000"])
+            .unwrap_or_default();
+        failover_agent::ovs::parse_cookies(&dump)
+    };
+    assert_eq!(all(), vec![cookie(GroupId::of("ext").0)]);
+    // The group gets another name: another id, another cookie.
+    let text = std::fs::read_to_string(lab.config_path()).unwrap().replace("name = \"ext\"", "name = \"ext2\"");
+    std::fs::write(lab.config_path(), text).unwrap();
+    // SAFETY: signalling the agent this test started, by its pid.
+    unsafe { libc::kill(i32::try_from(agent.pid()).unwrap(), libc::SIGHUP) };
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        if let Ok(r) = failover_agent::control::request(&lab.socket_path(), &Request::Status)
+            && let Some(s) = r.status
+            && s.groups[0].name == "ext2"
+            && s.groups[0].ovs.as_ref().is_some_and(|o| o.rules_in_place)
+            && all() == vec![cookie(GroupId::of("ext2").0)]
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old group's rules are still there: {:#x?}", all());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
