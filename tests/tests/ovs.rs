@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use failover_agent::control::Request;
+use failover_agent::{agent::topology::GroupId, control::Request, ovs::cookie};
 use failover_tests::{
     agent_lab::{AgentProcess, active, agent_binary, has_alarm},
     ovs_lab::{GW1_MAC, GW2_MAC, LabSpec, OvsLab},
@@ -342,7 +342,6 @@ fn a_group_renamed_on_reload_leaves_no_rules_of_its_old_name() {
     if !privileged("a_group_renamed_on_reload_leaves_no_rules_of_its_old_name") {
         return;
     }
-    use failover_agent::{agent::topology::GroupId, ovs::cookie};
     let (lab, agent) = lab_with_agent();
     assert_flows(&lab, 1);
     let all = || {
