@@ -256,7 +256,8 @@ pub struct PacketSocket {
     ifindex: u32,
 }
 
-fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
+/// `rc`, or the OS error of a failed call, named by `what`.
+pub(crate) fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
     if rc < 0 {
         let e = io::Error::last_os_error();
         Err(io::Error::new(e.kind(), format!("{what}: {e}")))
@@ -265,7 +266,14 @@ fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
     }
 }
 
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T, what: &str) -> io::Result<()> {
+/// `setsockopt(2)` of a plain value.
+pub(crate) fn setsockopt<T>(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+    what: &str,
+) -> io::Result<()> {
     // SAFETY: `value` points to a live T of the given size.
     let rc = unsafe {
         libc::setsockopt(
@@ -279,6 +287,29 @@ fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T,
     check(rc, what)
 }
 
+/// A raw `AF_PACKET` socket of every protocol bound to `ifindex` (in the
+/// calling thread's namespace); `flags` go to `socket(2)` with `SOCK_RAW |
+/// SOCK_CLOEXEC` (e.g. `SOCK_NONBLOCK`).
+pub(crate) fn bound_packet_socket(ifindex: u32, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket call.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | flags, i32::from(proto)) };
+    check(raw, "socket(AF_PACKET)")?;
+    // SAFETY: `raw` is a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain data.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = proto;
+    addr.sll_ifindex = i32::try_from(ifindex).expect("ifindex fits in i32");
+    // SAFETY: addr is a valid sockaddr_ll.
+    let rc = unsafe {
+        libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&addr).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
+    };
+    check(rc, &format!("bind(AF_PACKET) to ifindex {ifindex}"))?;
+    Ok(fd)
+}
+
 impl PacketSocket {
     /// Opens a socket on `ifname` (in the calling thread's namespace).
     pub fn open(ifname: &str) -> io::Result<Self> {
@@ -288,26 +319,7 @@ impl PacketSocket {
         if ifindex == 0 {
             return Err(io::Error::new(io::ErrorKind::NotFound, format!("no interface {ifname}")));
         }
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket call.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
-        check(raw, "socket(AF_PACKET)")?;
-        // SAFETY: `raw` is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain data.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = proto;
-        addr.sll_ifindex = i32::try_from(ifindex).expect("ifindex fits in i32");
-        // SAFETY: addr is a valid sockaddr_ll.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                std::ptr::from_ref(&addr).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        check(rc, "bind(AF_PACKET)")?;
+        let fd = bound_packet_socket(ifindex, 0)?;
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &1i32, "SO_TIMESTAMPNS")?;
         setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &(8i32 << 20), "SO_RCVBUFFORCE")?;
         Ok(Self { fd, ifindex })

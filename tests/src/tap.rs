@@ -29,7 +29,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::Netns;
+use crate::{
+    Netns,
+    net::{bound_packet_socket, check, setsockopt},
+};
 
 /// How long a forwarder runs at most unless told otherwise.
 #[expect(clippy::duration_suboptimal_units, reason = "Duration::from_mins is newer than the workspace's rust-version")]
@@ -42,28 +45,6 @@ const POLL_MS: libc::c_int = 50;
 /// cannot starve the other.
 const BATCH: usize = 64;
 
-fn check(rc: libc::c_int, what: &str) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        Err(io::Error::new(e.kind(), format!("{what}: {e}")))
-    } else {
-        Ok(rc)
-    }
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T, what: &str) -> io::Result<()> {
-    // SAFETY: `value` points to a live T of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(value).cast(),
-            size_of::<T>() as libc::socklen_t,
-        )
-    };
-    check(rc, what).map(drop)
-}
 
 fn ifindex_of(name: &str) -> io::Result<u32> {
     let c = CString::new(name)?;
@@ -115,30 +96,13 @@ fn open_tap(name: &str) -> io::Result<(OwnedFd, u32)> {
 /// protocols, promiscuous, blind to what it sends itself, non-blocking.
 fn open_wire(dev: &str) -> io::Result<(OwnedFd, u32)> {
     let ifindex = ifindex_of(dev)?;
-    let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket call.
-    let raw = unsafe {
-        libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, i32::from(proto))
-    };
-    check(raw, "socket(AF_PACKET)")?;
-    // SAFETY: a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain data.
-    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = proto;
-    addr.sll_ifindex = i32::try_from(ifindex).expect("ifindex fits in i32");
-    // SAFETY: addr is a valid sockaddr_ll.
-    let rc = unsafe {
-        libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&addr).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
-    };
-    check(rc, &format!("bind(AF_PACKET) to {dev}"))?;
+    let fd = bound_packet_socket(ifindex, libc::SOCK_NONBLOCK)?;
     // The kernel leaves our own transmissions out of the socket (the loop
     // also skips PACKET_OUTGOING, in case it does not).
     setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &1i32, "PACKET_IGNORE_OUTGOING")?;
     // SAFETY: packet_mreq is plain data.
     let mut mreq: libc::packet_mreq = unsafe { std::mem::zeroed() };
-    mreq.mr_ifindex = addr.sll_ifindex;
+    mreq.mr_ifindex = i32::try_from(ifindex).expect("ifindex fits in i32");
     mreq.mr_type = libc::PACKET_MR_PROMISC as u16;
     setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq, "PACKET_ADD_MEMBERSHIP")?;
     setsockopt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &(4i32 << 20), "SO_RCVBUFFORCE")?;

@@ -743,8 +743,9 @@ fn report_md(o: &Options, rows: &[Row], over: &[Overhead], cost: &[(usize, u64, 
         md,
         "# Failover benchmark\n\n{} datagrams/s each way between a VM and the gateway address, through OVS \
          (userspace datapath) in the lab; {} repetitions per scenario; failover-agent probing every {} ms with \
-         `down_after = 3`. Gap = longest silence between two arrivals (min / median / max, ms); lost = datagrams \
-         never received (min / median / max). \"not recovered\" counts repetitions in which traffic had not resumed \
+         `down_after = 3`. Switch gap = from the last datagram the old uplink's gateway got to the first the new \
+         one got (the switchover itself; repetitions with a switch); longest gap = longest silence between two \
+         arrivals in the window (min / median / max, ms); lost = datagrams never received (min / median / max). \"not recovered\" counts repetitions in which traffic had not resumed \
          {:.1} s after the fault; their gap is the silence until then (a lower bound: the bond waits for the VM's \
          neighbour entry to expire, tens of seconds, or for ever when the gateway is silent).\n",
         o.rate,
