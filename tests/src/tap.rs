@@ -45,7 +45,6 @@ const POLL_MS: libc::c_int = 50;
 /// cannot starve the other.
 const BATCH: usize = 64;
 
-
 fn ifindex_of(name: &str) -> io::Result<u32> {
     let c = CString::new(name)?;
     // SAFETY: valid C string.

@@ -102,6 +102,8 @@ pub struct Agent<D: Datapath, P: ProbeTransport> {
     link_queries: BTreeSet<u32>,
     next_link_read: Instant,
     next_full_sync: Instant,
+    /// Per group: rounds the kernel's map was ahead of the core, unreported.
+    kernel_ahead: Vec<u32>,
     /// Where the metrics endpoint listens, once bound.
     metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -137,6 +139,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             link_queries: BTreeSet::new(),
             next_link_read: now,
             next_full_sync: now,
+            kernel_ahead: vec![0; groups],
             metrics_addr: None,
         })
     }
@@ -276,8 +279,26 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         }
         let want = dp_plan::group_plan(&self.config, &self.topo, &self.core, g, self.steer(g, now));
         match dp_plan::sync_group(&mut self.dp, self.topo.ids[g], &want) {
-            Synced::InPlace | Synced::Written => {}
-            Synced::KernelAhead => debug!(group = %self.config.groups[g].name, "the kernel switched; ratifying first"),
+            Synced::InPlace | Synced::Written => self.kernel_ahead[g] = 0,
+            Synced::KernelAhead(to_ifindex) => {
+                debug!(group = %self.config.groups[g].name, "the kernel switched; ratifying first");
+                // Its report normally comes first. If it is lost (a ring
+                // full after a long stop), the map itself is the report.
+                self.kernel_ahead[g] += 1;
+                if self.kernel_ahead[g] >= 2
+                    && let (Some(from), Some(to)) = (self.core.active(g), self.topo.uplink_of(g, to_ifindex))
+                {
+                    warn!(group = %self.config.groups[g].name, "the kernel switched without a report: ratified from its map");
+                    let link_up = self.core.uplink(g, from).is_some_and(|v| v.link == Link::Up);
+                    let fault = if link_up { Fault::Silence } else { Fault::Carrier };
+                    if let Some(i) = self.topo.rt(g, from).ifindex {
+                        self.link_queries.insert(i);
+                    }
+                    self.core.handle_kernel_switch(g, from, to, fault, now);
+                    self.apply_actions(now);
+                    self.kernel_ahead[g] = 0;
+                }
+            }
             Synced::Failed(e) => {
                 error!(group = %self.config.groups[g].name, error = %anyhow::Error::from(e), "writing the group's datapath state");
             }

@@ -424,3 +424,21 @@ proptest! {
         prop_assert_eq!(kernel, core, "written {:?}, faulty {:#b}", written, faulty);
     }
 }
+
+#[test]
+fn a_kernel_switch_whose_report_was_lost_is_ratified_from_the_map() {
+    let w = world(&["e1", "e2"]);
+    let mut rig = Rig::start(&w, config(&[("ext", &[("p", "e1"), ("s", "e2")])]), Instant::now());
+    rig.rounds(5);
+    let id = GroupId::of("ext").0;
+    {
+        let mut world = w.borrow_mut();
+        let moved = world.groups[&id].switched_to(1);
+        world.groups.insert(id, moved);
+    }
+    rig.rounds(3);
+    assert_eq!(w.borrow().groups[&id].active_ifindex, 11, "not undone");
+    let s = rig.agent.status();
+    assert_eq!(s.groups[0].active.as_deref(), Some("s"), "ratified from the map");
+    assert_eq!(s.groups[0].last_switchover.as_ref().map(|x| x.decided_by), Some(Decider::Kernel));
+}

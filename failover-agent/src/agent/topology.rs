@@ -109,10 +109,17 @@ impl Topology {
         let idents: Vec<Vec<UplinkIdent>> =
             config.groups.iter().map(|g| g.uplinks.iter().map(|u| UplinkIdent::of(&g.name, u)).collect()).collect();
         let wanted: BTreeSet<UplinkIdent> = idents.iter().flatten().copied().collect();
-        // Slots held by entries that stay (the same identity) are taken;
-        // the others are free again.
-        let mut taken: BTreeSet<u32> =
-            pinned.iter().filter(|(_, c)| wanted.contains(&UplinkIdent(c.ident))).map(|(_, c)| c.slot).collect();
+        // Every slot the datapath's entries name is taken: an entry of
+        // another identity may still be in use by programs on its interface
+        // until that interface is attached anew or its entry removed, and
+        // its counters must not land in a new uplink's slot meanwhile. Slots
+        // of entries no longer wanted are given out only when no other is
+        // left (they are free from the next start on, once removed).
+        let mut taken: BTreeSet<u32> = pinned.iter().map(|(_, c)| c.slot).collect();
+        let mut spare: Vec<u32> =
+            pinned.iter().filter(|(_, c)| !wanted.contains(&UplinkIdent(c.ident))).map(|(_, c)| c.slot).collect();
+        spare.sort_unstable();
+        spare.dedup();
         let mut uplinks = Vec::new();
         for (g, group) in config.groups.iter().enumerate() {
             let mut rts = Vec::new();
@@ -124,6 +131,7 @@ impl Topology {
                 } else {
                     let free = (0..MAX_UPLINKS)
                         .find(|s| !taken.contains(s))
+                        .or_else(|| (!spare.is_empty()).then(|| spare.remove(0)))
                         .ok_or_else(|| NoSlot { group: group.name.clone(), uplink: uplink.name.clone() })?;
                     taken.insert(free);
                     free
@@ -234,7 +242,11 @@ probe_source = "192.0.2.250"
         let b = config(&BASE.replacen("gateway = \"192.0.2.1\"", "gateway = \"192.0.2.2\"", 1));
         let t2 = Topology::new(&b, &pinned(&t)).unwrap();
         assert_ne!(t2.rt(0, 0).ident, t.rt(0, 0).ident);
-        assert_eq!(t2.rt(0, 0).slot, Slot(0), "the old entry's slot is free again: counters are reset on attach");
+        assert_eq!(
+            t2.rt(0, 0).slot,
+            Slot(2),
+            "not the old entry's slot: its interface's programs may still count there"
+        );
         assert_eq!(t2.rt(0, 1).slot, Slot(1));
     }
 

@@ -118,9 +118,10 @@ pub enum Synced {
     InPlace,
     /// Written.
     Written,
-    /// The kernel switched the group by itself and the agent has not
-    /// ratified it yet: left alone (the report is on its way).
-    KernelAhead,
+    /// The kernel switched the group by itself (to the uplink with this
+    /// ifindex) and the agent has not ratified it yet: left alone (the
+    /// report is on its way).
+    KernelAhead(u32),
     Failed(DatapathError),
 }
 
@@ -135,7 +136,7 @@ pub fn sync_group<D: Datapath>(dp: &mut D, id: GroupId, want: &GroupState) -> Sy
                 && have.active_ifindex != want.active_ifindex
                 && have.active_ifindex != 0 =>
         {
-            Synced::KernelAhead
+            Synced::KernelAhead(have.active_ifindex)
         }
         _ => match dp.set_group(id.0, want) {
             Ok(()) => Synced::Written,
