@@ -292,8 +292,8 @@ impl Validator<'_> {
                 return Err(self.err(Some(&group.name), None, "name", "two groups have this name"));
             }
             // The datapath and OVS know a group by a hash of its name.
-            let id = crate::agent::topology::GroupId::of(&group.name);
-            if let Some(other) = groups.iter().find(|o: &&Group| crate::agent::topology::GroupId::of(&o.name) == id) {
+            let id = crate::ids::GroupId::of(&group.name);
+            if let Some(other) = groups.iter().find(|o: &&Group| crate::ids::GroupId::of(&o.name) == id) {
                 return Err(self.err(
                     Some(&group.name),
                     None,

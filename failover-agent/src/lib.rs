@@ -8,13 +8,14 @@
 //! - [`link`]: link state from rtnetlink;
 //! - [`probe`]: probe frames (pure) and the raw socket that sends them;
 //! - [`config`], [`state`], [`control`]: the file, the persisted decisions,
-//!   the control socket.
+//!   the control socket; [`ids`]: the names of groups in the datapath and OVS.
 
 pub mod agent;
 pub mod config;
 pub mod control;
 pub mod datapath;
 pub mod failover;
+pub mod ids;
 pub mod link;
 pub mod metrics;
 pub mod ovs;

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use failover_agent::{agent::topology::GroupId, control::Request, ovs::cookie};
+use failover_agent::{control::Request, ids::GroupId, ovs::cookie};
 use failover_tests::{
     agent_lab::{AgentProcess, active, agent_binary, has_alarm},
     ovs_lab::{GW1_MAC, GW2_MAC, LabSpec, OvsLab},

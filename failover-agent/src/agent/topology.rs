@@ -20,14 +20,12 @@ use std::collections::BTreeSet;
 
 use failover_common::{MAX_UPLINKS, UplinkConfig};
 
+pub use crate::ids::GroupId;
 use crate::{
     config::{Config, Uplink as UplinkCfg},
     datapath::Counters,
+    ids::fnv1a,
 };
-
-/// A group's identity: FNV-1a of its name (never 0).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct GroupId(pub u32);
 
 /// An uplink's identity (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,25 +34,6 @@ pub struct UplinkIdent(pub u32);
 /// An uplink's index in the datapath's per-uplink maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Slot(pub u32);
-
-/// FNV-1a (32 bits) over `parts`, each followed by a 0 byte.
-fn fnv1a(parts: &[&[u8]]) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for part in parts {
-        for &b in part.iter().chain(&[0u8]) {
-            h ^= u32::from(b);
-            h = h.wrapping_mul(0x0100_0193);
-        }
-    }
-    h
-}
-
-impl GroupId {
-    /// The id of the group named `name`.
-    pub fn of(name: &str) -> Self {
-        Self(fnv1a(&[b"group", name.as_bytes()]).max(1))
-    }
-}
 
 impl UplinkIdent {
     /// The identity of uplink `u` of group `group`.

@@ -38,12 +38,7 @@ pub fn desired_flows(config: &Config, topo: &Topology, core: &Core, g: usize) ->
 
 /// The cookies of the rules the agent keeps on `bridge` under `config`.
 pub fn cookies_on(config: &Config, bridge: &str) -> BTreeSet<u64> {
-    config
-        .groups
-        .iter()
-        .filter(|g| g.bridge == bridge)
-        .map(|g| cookie(crate::agent::topology::GroupId::of(&g.name).0))
-        .collect()
+    config.groups.iter().filter(|g| g.bridge == bridge).map(|g| cookie(crate::ids::GroupId::of(&g.name).0)).collect()
 }
 
 /// Removes the agent's rules on `bridge` whose cookie is not in `keep`
