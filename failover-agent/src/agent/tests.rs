@@ -17,6 +17,7 @@ use failover_common::{
 use proptest::prelude::*;
 
 use super::{topology::GroupId, *};
+use crate::{control::Request, failover::Decider};
 use crate::{
     datapath::{Counters, DatapathError, KernelCarrier},
     link::{LinkEvent, LinkState},
