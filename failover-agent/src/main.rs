@@ -192,7 +192,7 @@ fn main() -> ExitCode {
                         Ok(removed) => {
                             for cookie in removed {
                                 match c.groups.iter().find(|g| {
-                                    failover_agent::ovs::cookie(failover_agent::ids::GroupId::of(&g.name).0)
+                                    failover_agent::ovs::group_cookie(&g.name)
                                         == cookie
                                 }) {
                                     Some(g) => println!("removed the agent's rules of group {} from {bridge}", g.name),

@@ -131,6 +131,25 @@ fn lowest_bit(mask: u8) -> usize {
     i
 }
 
+/// `net_device.flags`: administratively up.
+pub const IFF_UP: u32 = 1;
+/// `net_device.state` bits (`enum netdev_state_t`): the device is open,
+/// present, and without carrier.
+pub const LINK_STATE_START: u64 = 1 << 0;
+pub const LINK_STATE_PRESENT: u64 = 1 << 1;
+pub const LINK_STATE_NOCARRIER: u64 = 1 << 2;
+
+/// Whether a device whose `net_device.state` and `.flags` read so has lost
+/// its link: down, not open, not present, or without carrier. (Not
+/// `operstate` nor `IFF_RUNNING`: linkwatch sets those, late.)
+#[inline(always)]
+pub fn link_lost(state: u64, flags: u32) -> bool {
+    flags & IFF_UP == 0
+        || state & LINK_STATE_START == 0
+        || state & LINK_STATE_PRESENT == 0
+        || state & LINK_STATE_NOCARRIER != 0
+}
+
 /// Whether the gateway behind an uplink is silent at `now_ns`
 /// (`CLOCK_MONOTONIC`): `down_after` probes unanswered and `silence_ns`
 /// since the last valid reply.
@@ -225,6 +244,16 @@ mod tests {
         assert!(probes_unanswered(&p, 3) && !probes_unanswered(&p, 4));
         let never = ProbeCount { sent: 3, ..ProbeCount::default() };
         assert!(silent(&never, 3, 31 * ms, 40 * ms), "never answered");
+    }
+
+    #[test]
+    fn a_link_is_lost_unless_up_open_present_and_with_carrier() {
+        let fine = LINK_STATE_START | LINK_STATE_PRESENT;
+        assert!(!link_lost(fine, IFF_UP));
+        assert!(link_lost(fine | LINK_STATE_NOCARRIER, IFF_UP), "carrier lost");
+        assert!(link_lost(fine, 0), "administratively down");
+        assert!(link_lost(LINK_STATE_PRESENT, IFF_UP), "not open");
+        assert!(link_lost(LINK_STATE_START, IFF_UP), "not present");
     }
 
     #[test]

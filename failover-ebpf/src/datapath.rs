@@ -9,7 +9,7 @@ use failover_common::{
     DEV_WINDOW_LEN, DevRef, GroupState, KEVENTS_BYTES, KernelSwitch, MAX_GROUP_UPLINKS, MAX_GROUPS, MAX_UPLINKS,
     PROBE_MARK, ProbeCount, UplinkConfig, UplinkStats,
     frame::{Egress, Frame, Ingress, classify_ingress, egress_action},
-    rule::{Fault, Policy, choose, probes_unanswered, silent},
+    rule::{Fault, Policy, choose, link_lost, probes_unanswered, silent},
 };
 
 /// The map flag that makes a hash map allocate each element on update, so an
@@ -59,13 +59,6 @@ static FA_DEV_FLAGS: u32 = 0;
 #[unsafe(no_mangle)]
 static FA_DEV_IFINDEX: u32 = 0;
 
-/// `net_device.flags`: administratively up.
-const IFF_UP: u32 = 1;
-/// `net_device.state` bits (`enum netdev_state_t`).
-const LINK_STATE_START: u64 = 1 << 0;
-const LINK_STATE_PRESENT: u64 = 1 << 1;
-const LINK_STATE_NOCARRIER: u64 = 1 << 2;
-
 #[inline(always)]
 fn global(g: &'static u32) -> u32 {
     // SAFETY: a global of the object; volatile so the value the agent set
@@ -110,15 +103,7 @@ fn read_dev(addr: u64, ifindex: u32) -> u32 {
     // `state` is an unsigned long: its low byte holds the bits used here.
     let state = u64::from(win[st]);
     let flags = u32::from_ne_bytes([win[fl], win[fl + 1], win[fl + 2], win[fl + 3]]);
-    if flags & IFF_UP == 0
-        || state & LINK_STATE_START == 0
-        || state & LINK_STATE_PRESENT == 0
-        || state & LINK_STATE_NOCARRIER != 0
-    {
-        DEV_LOST
-    } else {
-        DEV_USABLE
-    }
+    if link_lost(state, flags) { DEV_LOST } else { DEV_USABLE }
 }
 
 /// Whether the device of the uplink in `slot` (ifindex `ifindex`) has lost
@@ -155,12 +140,7 @@ fn carrier_lost(slot: u32, ifindex: u32, active: bool) -> bool {
         if f + 4 > 16 {
             return false;
         }
-        let state = u64::from(win[0]);
-        let flags = u32::from_ne_bytes([win[f], win[f + 1], win[f + 2], win[f + 3]]);
-        return flags & IFF_UP == 0
-            || state & LINK_STATE_START == 0
-            || state & LINK_STATE_PRESENT == 0
-            || state & LINK_STATE_NOCARRIER != 0;
+        return link_lost(u64::from(win[0]), u32::from_ne_bytes([win[f], win[f + 1], win[f + 2], win[f + 3]]));
     }
     read_dev(dev.addr, ifindex) == DEV_LOST
 }
@@ -203,25 +183,31 @@ fn record_dev(skb: u64, slot: u32, ifindex: u32) {
 #[map(name = "FAULTS")]
 static FAULTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// [`Fault::code`] of member (`slot`, `ifindex`) now, or 0: its link
+/// lost (the active one read short, see [`carrier_lost`]), or its gateway
+/// silent. The clock is read only when enough probes are out.
+#[inline(always)]
+fn fault_code(slot: u32, ifindex: u32, down_after: u16, silence_ns: u64, active: bool) -> u32 {
+    if ifindex == 0 || carrier_lost(slot, ifindex, active) {
+        return Fault::Carrier.code();
+    }
+    match PROBES.get(slot) {
+        Some(p) if probes_unanswered(p, down_after) => {
+            // SAFETY: helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if silent(p, down_after, silence_ns, now) { Fault::Silence.code() } else { 0 }
+        }
+        _ => 0,
+    }
+}
+
 /// Looks at one member other than the active one: sets `bit` in
 /// `FAULTS[0]` when it is faulty. A subprogram of its own (scalars in,
-/// nothing out): its stack, a device window, is not repeated for every
-/// member the rule looks at.
+/// nothing out): its stack is not repeated for every member the rule
+/// looks at, and its result reaches the caller as one unknown value.
 #[inline(never)]
 fn member_fault(slot: u32, ifindex: u32, down_after: u32, silence_ns: u64, bit: u32) {
-    let code = if ifindex == 0 || carrier_lost(slot, ifindex, false) {
-        Fault::Carrier.code()
-    } else {
-        match PROBES.get(slot) {
-            Some(p) if probes_unanswered(p, down_after as u16) => {
-                // SAFETY: helper without preconditions.
-                let now = unsafe { bpf_ktime_get_ns() };
-                if silent(p, down_after as u16, silence_ns, now) { Fault::Silence.code() } else { 0 }
-            }
-            _ => 0,
-        }
-    };
-    if code != 0
+    if fault_code(slot, ifindex, down_after as u16, silence_ns, false) != 0
         && let Some(out) = FAULTS.get_ptr_mut(0)
     {
         // SAFETY: a per-CPU value only this program run uses.
@@ -229,10 +215,11 @@ fn member_fault(slot: u32, ifindex: u32, down_after: u32, silence_ns: u64, bit: 
     }
 }
 
+/// The mask `member_fault` built.
 #[inline(always)]
-fn faults(index: u32) -> u32 {
+fn faulty_mask() -> u8 {
     // SAFETY: a per-CPU value only this program run uses.
-    FAULTS.get(index).map_or(0, |v| unsafe { core::ptr::read_volatile(v) })
+    FAULTS.get(0).map_or(0, |v| unsafe { core::ptr::read_volatile(v) }) as u8
 }
 
 /// The fast rule, on a frame about to leave by the group's active uplink:
@@ -249,23 +236,11 @@ fn fast_rule(group_id: u32, group: &GroupState) -> u32 {
         return 0;
     };
     let m = group.members[active];
-    let fault = if m.ifindex == 0 || carrier_lost(m.slot, m.ifindex, true) {
-        Fault::Carrier
-    } else {
-        let Some(p) = PROBES.get(m.slot) else {
-            return 0;
-        };
-        if !probes_unanswered(p, group.down_after) {
-            return 0;
-        }
-        // SAFETY: helper without preconditions.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if !silent(p, group.down_after, group.silence_ns, now) {
-            return 0;
-        }
-        Fault::Silence
-    };
-    fail_over_from(group_id, group, active as u32, fault.code())
+    let code = fault_code(m.slot, m.ifindex, group.down_after, group.silence_ns, true);
+    if code == 0 {
+        return 0;
+    }
+    fail_over_from(group_id, group, active as u32, code)
 }
 
 /// The active member `active` is faulty (`code`): chooses the uplink to
@@ -289,7 +264,7 @@ fn fail_over_from(group_id: u32, group: &GroupState, active: u32, code: u32) -> 
         }
         i += 1;
     }
-    let Some(to) = choose(&policy, active, faults(0) as u8) else {
+    let Some(to) = choose(&policy, active, faulty_mask()) else {
         return 0;
     };
     let Some(next) = SCRATCH.get_ptr_mut(0) else {
@@ -338,11 +313,11 @@ fn probe_sent(slot: u32) {
     }
 }
 
-/// Whether a reply on `slot` answers a probe not answered yet; if so, it
-/// is counted as the answer, and every probe sent so far as answered (the
-/// gateway's liveness: [`failover_common::rule::silent`]).
+/// Whether a reply on `slot` at `now` answers a probe not answered yet; if
+/// so, it is counted as the answer, and every probe sent so far as
+/// answered (the gateway's liveness: [`failover_common::rule::silent`]).
 #[inline(always)]
-fn reply_solicited(slot: u32) -> bool {
+fn reply_solicited(slot: u32, now: u64) -> bool {
     let Some(p) = PROBES.get_ptr_mut(slot) else {
         return false;
     };
@@ -355,7 +330,7 @@ fn reply_solicited(slot: u32) -> bool {
         }
         core::ptr::write_volatile(&raw mut (*p).answered, answered + 1);
         core::ptr::write_volatile(&raw mut (*p).acked, sent);
-        core::ptr::write_volatile(&raw mut (*p).last_reply_ns, bpf_ktime_get_ns());
+        core::ptr::write_volatile(&raw mut (*p).last_reply_ns, now);
     }
     true
 }
@@ -402,24 +377,26 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
     };
     let cfg = *cfg;
     // SAFETY: as above.
-    let active = match unsafe { GROUPS.get(&cfg.group) } {
+    let group = unsafe { GROUPS.get(&cfg.group) };
+    let active = match group {
         Some(group) => group.active_ifindex == 0 || group.active_ifindex == ifindex,
         None => true, // no decision yet: behave as active (fail open)
     };
     match classify_ingress(&XdpFrame(ctx), &cfg) {
         Ingress::Malformed => xdp_action::XDP_PASS,
-        Ingress::ValidReply { .. } if !reply_solicited(cfg.slot) => {
-            // More replies than probes: unsolicited, whoever sent them.
-            if let Some(s) = stats(cfg.slot) {
-                s.rejected_replies += 1;
-            }
-            if active { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
-        }
         Ingress::ValidReply { gateway_mac } => {
+            // SAFETY: helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            if !reply_solicited(cfg.slot, now) {
+                // More replies than probes: unsolicited, whoever sent them.
+                if let Some(s) = stats(cfg.slot) {
+                    s.rejected_replies += 1;
+                }
+                return if active { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP };
+            }
             if let Some(s) = stats(cfg.slot) {
                 s.valid_replies += 1;
-                // SAFETY: helper without preconditions.
-                s.last_reply_ns = unsafe { bpf_ktime_get_ns() };
+                s.last_reply_ns = now;
                 s.gateway_mac = gateway_mac;
             }
             xdp_action::XDP_DROP // the agent's, not the VMs'
@@ -431,7 +408,7 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
             if active { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
         }
         Ingress::Other => {
-            if active || standby_takes_over(cfg.group, ifindex) {
+            if active || group.is_some_and(|g| standby_takes_over(cfg.group, g, ifindex)) {
                 xdp_action::XDP_PASS
             } else {
                 if let Some(s) = stats(cfg.slot) {
@@ -448,11 +425,7 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
 /// leaving by the active uplink to trigger it) also moves off a dead
 /// active. True when the rule made this uplink the active one.
 #[inline(always)]
-fn standby_takes_over(group_id: u32, ifindex: u32) -> bool {
-    // SAFETY: read-only lookup; the agent and the rule replace entries whole.
-    let Some(group) = (unsafe { GROUPS.get(&group_id) }) else {
-        return false;
-    };
+fn standby_takes_over(group_id: u32, group: &GroupState, ifindex: u32) -> bool {
     fast_rule(group_id, group) != 0 && SCRATCH.get(0).is_some_and(|next| next.active_ifindex == ifindex)
 }
 

@@ -418,7 +418,7 @@ impl OvsLab {
 
     /// The agent's rules on the bridge (canonical, sorted), read with ovs-ofctl.
     pub fn agent_flows(&self) -> Vec<String> {
-        let cookie = failover_agent::ovs::cookie(failover_agent::ids::GroupId::of("ext").0);
+        let cookie = failover_agent::ovs::group_cookie("ext");
         let filter = format!("cookie={cookie:#x}/-1");
         let dump = self.ofctl(&["-O", "OpenFlow14", "dump-flows", "BRIDGE", &filter, "--no-stats"]).unwrap_or_default();
         failover_agent::ovs::parse_dump(&dump)

@@ -51,7 +51,7 @@ fn a_stopped_agent_still_fails_over_on_a_link_fault_and_ratifies_after() {
         active(s) == Some("standby") && has_alarm(s, "nic", Some("primary"))
     });
     let sw = s.groups[0].last_switchover.clone().expect("a switchover");
-    assert_eq!((sw.reason, sw.decided_by), ("nic_fault".parse_reason(), Decider::Kernel), "{sw:?}");
+    assert!(sw.reason == "nic_fault" && sw.decided_by == Decider::Kernel, "{sw:?}");
     lab.wait_for("OVS rules follow the standby", Duration::from_secs(1), |s| {
         s.groups[0].ovs.as_ref().is_some_and(|o| o.rules_in_place)
     });
@@ -101,14 +101,4 @@ fn a_silent_gateway_is_left_by_the_kernel_within_the_detection_time() {
     // up to one probe interval of phase, plus the lab's own jitter.
     assert!(r.max_gap < Duration::from_millis(150), "{r}");
     assert_eq!(r.duplicates, 0, "{r}");
-}
-
-trait ParseReason {
-    fn parse_reason(&self) -> failover_agent::control::Reason;
-}
-
-impl ParseReason for str {
-    fn parse_reason(&self) -> failover_agent::control::Reason {
-        serde_json::from_value(serde_json::Value::String(self.to_string())).expect("a reason")
-    }
 }

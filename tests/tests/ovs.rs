@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use failover_agent::{control::Request, ids::GroupId, ovs::cookie};
+use failover_agent::{control::Request, ovs::group_cookie};
 use failover_tests::{
     agent_lab::{AgentProcess, active, agent_binary, has_alarm},
     ovs_lab::{GW1_MAC, GW2_MAC, LabSpec, OvsLab},
@@ -350,7 +350,7 @@ fn a_group_renamed_on_reload_leaves_no_rules_of_its_old_name() {
             .unwrap_or_default();
         failover_agent::ovs::parse_cookies(&dump)
     };
-    assert_eq!(all(), vec![cookie(GroupId::of("ext").0)]);
+    assert_eq!(all(), vec![group_cookie("ext")]);
     // The group gets another name: another id, another cookie.
     let text = std::fs::read_to_string(lab.config_path()).unwrap().replace("name = \"ext\"", "name = \"ext2\"");
     std::fs::write(lab.config_path(), text).unwrap();
@@ -362,7 +362,7 @@ fn a_group_renamed_on_reload_leaves_no_rules_of_its_old_name() {
             && let Some(s) = r.status
             && s.groups[0].name == "ext2"
             && s.groups[0].ovs.as_ref().is_some_and(|o| o.rules_in_place)
-            && all() == vec![cookie(GroupId::of("ext2").0)]
+            && all() == vec![group_cookie("ext2")]
         {
             break;
         }

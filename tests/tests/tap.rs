@@ -88,6 +88,47 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// The tap's link notifications, and another device of our own (a veth
+/// pair, `lw0`) for "another link event" before the fault.
+struct Watch {
+    mon: LinkMonitor,
+    up1: u32,
+    lw0: u32,
+}
+
+impl Watch {
+    fn new(lab: &OvsLab) -> Self {
+        let host = &lab.host;
+        host.ip(&["link", "add", "lw0", "type", "veth", "peer", "name", "lw1"]);
+        host.ip(&["link", "set", "lw1", "up"]);
+        let up1 = ifindex_in(host, "up1").expect("up1");
+        let lw0 = ifindex_in(host, "lw0").expect("lw0");
+        Self { mon: LinkMonitor::open(host).expect("netlink link notifications"), up1, lw0 }
+    }
+
+    /// After 2.2 s quiet, `lw0` comes up; 100 ms after its notification the
+    /// tap's carrier drops. Returns `lw0`'s event, the ioctl's instant and
+    /// the tap's carrier-0 notification.
+    fn cut_after_another_link_event(&mut self, lab: &OvsLab) -> (LinkEvent, Instant, LinkEvent) {
+        // Linkwatch runs its non-urgent events at most once a second, and
+        // each such run starts the next second: a non-urgent event queued
+        // at t runs by t + 1 s and holds the next ones until t + 2 s (lw0
+        // going down is one: a device that is down is never urgent). After
+        // 2.2 s quiet, lw0's (urgent) carrier-on runs everything and starts
+        // a fresh second; up1's carrier loss 100 ms later waits ~900 ms.
+        // Nothing here asks for up1's state meanwhile (that would flush
+        // linkwatch and end the wait).
+        std::thread::sleep(Duration::from_millis(2200));
+        self.mon.drain().expect("netlink");
+        lab.host.ip(&["link", "set", "lw0", "up"]);
+        let event = wait_carrier(&mut self.mon, self.lw0, true, "lw0");
+        std::thread::sleep((event.at + Duration::from_millis(100)).saturating_duration_since(Instant::now()));
+        let cut = lab.set_carrier(1, false);
+        let down = wait_carrier(&mut self.mon, self.up1, false, "up1");
+        (event, cut, down)
+    }
+}
+
 #[test]
 fn tap_carrier_loss_reaches_user_space_about_a_second_late() {
     if !privileged("tap_carrier_loss_reaches_user_space_about_a_second_late") {
@@ -97,34 +138,15 @@ fn tap_carrier_loss_reaches_user_space_about_a_second_late() {
     let lab = tap_lab();
     let host = &lab.host;
     assert!(iflink_is_ifindex(host, "up1").expect("ip link"), "a tap has iflink == ifindex, like a NIC");
-    // Another device for "another link event": a veth pair of our own.
-    host.ip(&["link", "add", "lw0", "type", "veth", "peer", "name", "lw1"]);
-    host.ip(&["link", "set", "lw1", "up"]);
-    let up1 = ifindex_in(host, "up1").expect("up1");
-    let lw0 = ifindex_in(host, "lw0").expect("lw0");
-    let mut mon = LinkMonitor::open(host).expect("netlink link notifications");
+    let mut watch = Watch::new(&lab);
 
     let mut delays = Vec::new();
     for round in 1..=3 {
-        // Nothing in user space asks for up1's state from here until its
-        // notification came (that would flush linkwatch and end the wait).
-        // Linkwatch runs its non-urgent events at most once a second, and
-        // each such run starts the next second: a non-urgent event queued
-        // at t runs by t + 1 s and holds the next ones until t + 2 s (lw0
-        // going down is one: a device that is down is never urgent). After
-        // 2.2 s quiet, lw0's (urgent) carrier-on runs everything and starts
-        // a fresh second; up1's carrier loss 100 ms later waits ~900 ms.
-        std::thread::sleep(Duration::from_millis(2200));
-        mon.drain().expect("netlink");
-        host.ip(&["link", "set", "lw0", "up"]);
-        let event = wait_carrier(&mut mon, lw0, true, "lw0");
-        std::thread::sleep((event.at + Duration::from_millis(100)).saturating_duration_since(Instant::now()));
-        let cut = lab.set_carrier(1, false);
-        let down = wait_carrier(&mut mon, up1, false, "up1");
+        let (event, cut, down) = watch.cut_after_another_link_event(&lab);
         let delay = down.at.saturating_duration_since(cut);
 
         let restore = lab.set_carrier(1, true);
-        let back = wait_carrier(&mut mon, up1, true, "up1");
+        let back = wait_carrier(&mut watch.mon, watch.up1, true, "up1");
         eprintln!(
             "round {round}: RTM_NEWLINK carrier 0 (operstate {:?}) {:.1} ms after TUNSETCARRIER, {:.1} ms after lw0's \
              event; carrier 1 notified {:.2} ms after the ioctl",
@@ -155,25 +177,12 @@ fn tap_carrier_loss_reaches_user_space_about_a_second_late() {
 /// another link event, with the agent running; returns the traffic report,
 /// the delay of the `RTM_NEWLINK` and the final status.
 fn tap_fault_with_agent(env: &[(&str, &str)]) -> (udp::Report, Duration, failover_agent::control::Status) {
-    let name = unique_name("tapa");
-    let spec = LabSpec { dir: std::env::temp_dir().join(&name), tap_uplink: Some(1), ..LabSpec::named(&name) };
-    let mut lab = OvsLab::up(spec).expect("lab up");
+    let mut lab = tap_lab();
     let _agent = lab.start_agent_with(env);
     lab.wait_ready();
-    let host = &lab.host;
-    host.ip(&["link", "add", "lw0", "type", "veth", "peer", "name", "lw1"]);
-    host.ip(&["link", "set", "lw1", "up"]);
-    let up1 = ifindex_in(host, "up1").expect("up1");
-    let lw0 = ifindex_in(host, "lw0").expect("lw0");
-    let mut mon = LinkMonitor::open(host).expect("netlink link notifications");
+    let mut watch = Watch::new(&lab);
     let t = lab.gateway_traffic(1, RATE);
-    std::thread::sleep(Duration::from_millis(2200));
-    mon.drain().expect("netlink");
-    host.ip(&["link", "set", "lw0", "up"]);
-    let event = wait_carrier(&mut mon, lw0, true, "lw0");
-    std::thread::sleep((event.at + Duration::from_millis(100)).saturating_duration_since(Instant::now()));
-    let cut = lab.set_carrier(1, false);
-    let down = wait_carrier(&mut mon, up1, false, "up1");
+    let (_, cut, down) = watch.cut_after_another_link_event(&lab);
     std::thread::sleep(Duration::from_secs(1));
     let r = t.finish();
     let s = lab.wait_for("standby active, NIC alarm", Duration::from_secs(2), |s| {

@@ -153,19 +153,9 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         self.persister = Some(persister);
     }
 
-    /// The datapath (for tests).
-    pub fn datapath(&self) -> &D {
-        &self.dp
-    }
-
     /// The journal's broadcast of new events.
     pub fn events(&self) -> tokio::sync::broadcast::Sender<control::Event> {
         self.journal.sender()
-    }
-
-    /// Decision-to-map-update times of the switchovers so far.
-    pub fn switch_durations(&self) -> impl Iterator<Item = &Duration> {
-        self.telemetry.durations.iter()
     }
 
     /// The first decisions: interfaces from the dump, what is no longer

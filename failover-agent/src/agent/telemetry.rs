@@ -3,7 +3,7 @@
 //! them ([`Telemetry::refresh`], a collector read at scrape time), not on
 //! every wakeup of the loop.
 
-use std::{collections::VecDeque, time::Duration};
+use std::time::Duration;
 
 use crate::{
     config::Config,
@@ -12,15 +12,10 @@ use crate::{
     metrics::Metrics,
 };
 
-/// How many switchover durations are kept.
-const DURATION_HISTORY: usize = 1000;
-
 /// The metrics and what they are derived from.
 #[derive(Debug)]
 pub struct Telemetry {
     pub metrics: Metrics,
-    /// Decision-to-map-update times of every switchover (newest last).
-    pub durations: VecDeque<Duration>,
     /// The last one of each group.
     pub last_duration: Vec<Option<Duration>>,
 }
@@ -35,7 +30,7 @@ impl Telemetry {
     pub fn new(groups: usize) -> Self {
         let metrics = Metrics::new();
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        Self { metrics, durations: VecDeque::new(), last_duration: vec![None; groups] }
+        Self { metrics, last_duration: vec![None; groups] }
     }
 
     /// New kernel counters of an uplink: the deltas go to the counters, the
@@ -66,10 +61,6 @@ impl Telemetry {
         self.last_duration[g] = took;
         if let Some(took) = took {
             self.metrics.switchover_duration.with_label_values(&[group]).observe(took.as_secs_f64());
-            self.durations.push_back(took);
-            while self.durations.len() > DURATION_HISTORY {
-                self.durations.pop_front();
-            }
         }
     }
 

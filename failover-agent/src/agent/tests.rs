@@ -11,7 +11,7 @@ use std::{
 };
 
 use failover_common::{
-    DevRef, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, KernelSwitch, ProbeCount, SWITCH_CARRIER, UplinkConfig,
+    DevRef, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, KernelSwitch, SWITCH_CARRIER, UplinkConfig,
     rule::{Policy, choose},
 };
 use proptest::prelude::*;
@@ -118,9 +118,6 @@ impl Datapath for FakeDp {
         w.calls.push(Call::Detach(ifname.into()));
         Ok(())
     }
-    fn liveness(&self, _slot: u32) -> Result<ProbeCount, DatapathError> {
-        Ok(ProbeCount::default())
-    }
     fn device(&self, _slot: u32) -> Result<DevRef, DatapathError> {
         Ok(DevRef::default())
     }
@@ -221,12 +218,25 @@ fn world(ifaces: &[&str]) -> Rc<RefCell<World>> {
     Rc::new(RefCell::new(w))
 }
 
-#[test]
-fn a_fault_reaches_the_map_before_anything_else() {
+/// Group "ext" on e1 (p) and e2 (s), both healthy after five rounds; its id.
+fn two_uplinks() -> (Rc<RefCell<World>>, Rig, u32) {
     let w = world(&["e1", "e2"]);
     let mut rig = Rig::start(&w, config(&[("ext", &[("p", "e1"), ("s", "e2")])]), Instant::now());
     rig.rounds(5);
-    let id = GroupId::of("ext").0;
+    (w, rig, GroupId::of("ext").0)
+}
+
+/// The kernel moves group `id` to its second uplink by itself (its own map
+/// write), as the fast rule does.
+fn kernel_moves(w: &Rc<RefCell<World>>, id: u32) {
+    let mut world = w.borrow_mut();
+    let moved = world.groups[&id].switched_to(1);
+    world.groups.insert(id, moved);
+}
+
+#[test]
+fn a_fault_reaches_the_map_before_anything_else() {
+    let (w, mut rig, id) = two_uplinks();
     assert_eq!(w.borrow().groups[&id].active_ifindex, 10);
     rig.calls();
     let down = LinkEvent { ifname: "e1".into(), ifindex: 10, mac: None, state: LinkState::Down };
@@ -237,16 +247,11 @@ fn a_fault_reaches_the_map_before_anything_else() {
 
 #[test]
 fn a_kernel_switch_is_ratified_and_not_undone() {
-    let w = world(&["e1", "e2"]);
-    let mut rig = Rig::start(&w, config(&[("ext", &[("p", "e1"), ("s", "e2")])]), Instant::now());
-    rig.rounds(5);
-    let id = GroupId::of("ext").0;
+    let (w, mut rig, id) = two_uplinks();
     // The kernel moved the group by itself (its own map write) and reported it.
+    kernel_moves(&w, id);
     {
-        let mut world = w.borrow_mut();
-        let moved = world.groups[&id].switched_to(1);
-        world.groups.insert(id, moved);
-        world.kernel.push(KernelSwitch {
+        w.borrow_mut().kernel.push(KernelSwitch {
             group: id,
             from_ifindex: 10,
             to_ifindex: 11,
@@ -267,10 +272,7 @@ fn a_kernel_switch_is_ratified_and_not_undone() {
 
 #[test]
 fn the_kernel_gets_the_policy_and_a_hold() {
-    let w = world(&["e1", "e2"]);
-    let mut rig = Rig::start(&w, config(&[("ext", &[("p", "e1"), ("s", "e2")])]), Instant::now());
-    rig.rounds(5);
-    let id = GroupId::of("ext").0;
+    let (w, mut rig, id) = two_uplinks();
     let g = w.borrow().groups[&id];
     assert_eq!((g.member_count, g.allowed, g.preferred), (2, 0b11, 0b11));
     assert_ne!(g.flags & GROUP_KERNEL_FAILOVER, 0);
@@ -292,7 +294,7 @@ fn a_reload_that_changes_the_topology_moves_no_state_between_uplinks() {
     // e2x does not exist: group b starts with one uplink missing.
     let mut rig = Rig::start(&w, before, Instant::now());
     rig.rounds(5);
-    let (slot_s, slot_t) = (rig.slot_of("e2"), rig.slot_of("e3"));
+    let slot_s = rig.slot_of("e2");
     let replies_s = w.borrow().counters[&slot_s].valid_replies;
     assert!(replies_s >= 5);
     drop(rig);
@@ -314,7 +316,6 @@ fn a_reload_that_changes_the_topology_moves_no_state_between_uplinks() {
     assert_ne!(slot_n, rig.slot_of("e1"));
     assert_ne!(slot_n, rig.slot_of("e4"));
     assert_ne!(slot_n, slot_s2);
-    let _ = slot_t;
     rig.rounds(5);
     // Each uplink reports its own gateway's MAC (the fake derives it from the ifindex).
     let s = rig.agent.status();
@@ -428,15 +429,8 @@ proptest! {
 
 #[test]
 fn a_kernel_switch_whose_report_was_lost_is_ratified_from_the_map() {
-    let w = world(&["e1", "e2"]);
-    let mut rig = Rig::start(&w, config(&[("ext", &[("p", "e1"), ("s", "e2")])]), Instant::now());
-    rig.rounds(5);
-    let id = GroupId::of("ext").0;
-    {
-        let mut world = w.borrow_mut();
-        let moved = world.groups[&id].switched_to(1);
-        world.groups.insert(id, moved);
-    }
+    let (w, mut rig, id) = two_uplinks();
+    kernel_moves(&w, id);
     rig.rounds(3);
     assert_eq!(w.borrow().groups[&id].active_ifindex, 11, "not undone");
     let s = rig.agent.status();

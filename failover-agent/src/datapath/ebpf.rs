@@ -252,24 +252,19 @@ impl EbpfDatapath {
         }
         let layout = layout_dir(&opts.pin_dir);
         fs::create_dir_all(&layout).map_err(|source| DatapathError::PinDir { path: layout, source })?;
-        let globals = carrier_globals(opts.carrier_reads);
-        let mut this = match &globals {
-            Ok(g) => match Self::load(opts, object, Some(*g)) {
-                Ok(this) => this,
-                // The kernel refused the programs that read its memory
-                // (lockdown, say): load them without those reads.
-                Err(e) => {
-                    let why = format!("the kernel refused the programs that read carrier: {}", anyhow::Error::from(e));
-                    warn!("{why}; the agent decides link faults itself");
-                    let mut this = Self::load(opts, object, None)?;
-                    this.carrier = KernelCarrier::Off(why);
-                    this
-                }
-            },
+        // With the carrier reads if this kernel has what they need and
+        // accepts them (lockdown refuses `bpf_probe_read_kernel`), else
+        // without: the agent then decides link faults itself.
+        let loaded = carrier_globals(opts.carrier_reads).and_then(|g| {
+            Self::load(opts, object, Some(g))
+                .map_err(|e| format!("the kernel refused the programs that read carrier: {}", anyhow::Error::from(e)))
+        });
+        let mut this = match loaded {
+            Ok(this) => this,
             Err(why) => {
-                info!(reason = %why, "the kernel does not read carrier; the agent decides link faults itself");
+                warn!(reason = %why, "the kernel does not read carrier; the agent decides link faults itself");
                 let mut this = Self::load(opts, object, None)?;
-                this.carrier = KernelCarrier::Off(why.clone());
+                this.carrier = KernelCarrier::Off(why);
                 this
             }
         };
@@ -629,12 +624,6 @@ impl Datapath for EbpfDatapath {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(MAP_UPLINKS, format!("remove the entry of {ifname}"))(e)),
         }
-    }
-
-    fn liveness(&self, slot: u32) -> Result<ProbeCount, DatapathError> {
-        let map = map_ref(&self.ebpf, MAP_PROBES)?;
-        let probes: Array<_, ProbeCount> = Array::try_from(map).map_err(map_err(MAP_PROBES, "open"))?;
-        probes.get(&slot, 0).map_err(map_err(MAP_PROBES, format!("read slot {slot}")))
     }
 
     fn device(&self, slot: u32) -> Result<DevRef, DatapathError> {

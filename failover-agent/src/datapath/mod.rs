@@ -9,7 +9,7 @@ pub mod ebpf;
 
 use std::{path::PathBuf, time::Duration};
 
-use failover_common::{DevRef, GroupState, KernelSwitch, ProbeCount, UplinkConfig, UplinkStats};
+use failover_common::{DevRef, GroupState, KernelSwitch, UplinkConfig, UplinkStats};
 
 pub use ebpf::EbpfDatapath;
 
@@ -221,8 +221,6 @@ pub trait Datapath {
     /// Detaches the programs pinned for `ifname` (any ifindex) and removes
     /// the uplink entry of `ifindex` (an uplink no longer configured).
     fn detach_interface(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError>;
-    /// An uplink's liveness as the kernel's fast rule reads it.
-    fn liveness(&self, slot: u32) -> Result<ProbeCount, DatapathError>;
     /// Where the kernel found an uplink's device (for carrier reads).
     fn device(&self, slot: u32) -> Result<DevRef, DatapathError>;
     /// Switchovers the kernel made by itself since the last call, oldest first.

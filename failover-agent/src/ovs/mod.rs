@@ -44,6 +44,11 @@ pub fn cookie(group: u32) -> u64 {
     COOKIE_BASE | u64::from(group)
 }
 
+/// The cookie of the rules of the group named `name`.
+pub fn group_cookie(name: &str) -> u64 {
+    cookie(crate::ids::GroupId::of(name).0)
+}
+
 /// The cookies in `ovs-ofctl dump-flows` output.
 pub fn parse_cookies(text: &str) -> Vec<u64> {
     let mut out: Vec<u64> = text

@@ -17,7 +17,7 @@ use crate::{
     agent::topology::Topology,
     config::Config,
     failover::Core,
-    ovs::{GroupFlows, OvsCli, OvsError, cookie, plan},
+    ovs::{GroupFlows, OvsCli, OvsError, group_cookie, plan},
 };
 
 /// What group `g`'s OpenFlow rules should say now (None: nothing decided).
@@ -38,7 +38,7 @@ pub fn desired_flows(config: &Config, topo: &Topology, core: &Core, g: usize) ->
 
 /// The cookies of the rules the agent keeps on `bridge` under `config`.
 pub fn cookies_on(config: &Config, bridge: &str) -> BTreeSet<u64> {
-    config.groups.iter().filter(|g| g.bridge == bridge).map(|g| cookie(crate::ids::GroupId::of(&g.name).0)).collect()
+    config.groups.iter().filter(|g| g.bridge == bridge).map(|g| group_cookie(&g.name)).collect()
 }
 
 /// Removes the agent's rules on `bridge` whose cookie is not in `keep`
@@ -351,6 +351,7 @@ impl OvsSync {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ovs::cookie;
 
     fn flows(active: usize) -> GroupFlows {
         GroupFlows {
