@@ -94,7 +94,8 @@ pub struct JobDone {
     pub orphans_removed: Vec<u64>,
 }
 
-/// Runs a job: plan from the bridge's ports, compare, install if needed.
+/// Runs a job: plan from the bridge's ports (and their VLAN settings),
+/// compare, install if needed.
 pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
     let start = Instant::now();
     let bridge = job.flows.bridge.clone();
@@ -103,7 +104,7 @@ pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
         if let Some(keep) = &job.cleanup {
             orphans_removed = remove_orphans(cli, &bridge, keep)?;
         }
-        let ports = cli.ports(&bridge)?;
+        let ports = cli.bridge_ports(&bridge)?;
         let wanted = plan(&job.flows, &ports)?;
         if job.verify_only && cli.dump(&bridge, job.flows.group)? == wanted.flows {
             return Ok(false);
