@@ -14,6 +14,7 @@ pub mod net;
 pub mod ovs_lab;
 pub mod packet;
 pub mod prom;
+pub mod tagger;
 pub mod tap;
 pub mod udp;
 

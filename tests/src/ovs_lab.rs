@@ -19,6 +19,12 @@
 //! the host namespace is the tap, and a forwarder thread moves its frames
 //! to and from `wire`, a veth end in `<name>-tapN` whose peer is `gwN`.
 //! [`OvsLab::set_link`] then drops the tap's carrier (`TUNSETCARRIER`).
+//!
+//! VLANs: [`LabSpec::vm_tag`] makes the VM ports OVS access ports,
+//! [`LabSpec::uplink_trunks`] the uplinks trunks, and
+//! [`LabSpec::gateway_vlan`] makes both gateways tag, with the TC programs
+//! of [`crate::tagger`] on their interfaces (this kernel has no 8021q),
+//! the tag crossing the veth in band or out of band.
 
 use std::{
     fs,
@@ -33,6 +39,7 @@ use failover_agent::control::{Request, Response, Status};
 use crate::{
     Netns,
     agent_lab::{self, AgentProcess},
+    tagger::{self, TagCount, Tagger},
     tap::{self, TapUplink},
     udp::{self, PORT, Report, Sink, Source},
 };
@@ -69,6 +76,26 @@ pub struct LabSpec {
     /// 5 s stats poll asks for each port's state, which flushes a pending
     /// carrier event (up1's late notification would come early 1 time in 5).
     pub tap_uplink: Option<u32>,
+    /// The VM ports are OVS access ports of this VLAN (`tag=`).
+    pub vm_tag: Option<u16>,
+    /// The uplinks' OVS `trunks` (empty: no VLAN setting).
+    pub uplink_trunks: Vec<u16>,
+    /// Both gateways tag their frames (and take only frames so tagged).
+    pub gateway_vlan: Option<GatewayVlan>,
+    /// `vlan = N` on both uplinks in the agent's configuration.
+    pub agent_vlan: Option<u16>,
+    /// `[agent] ingress = "..."` in the agent's configuration, if set.
+    pub ingress: Option<&'static str>,
+}
+
+/// How a gateway of the lab tags (see [`crate::tagger`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayVlan {
+    pub vid: u16,
+    /// tx-vlan offload on the gateway's veth: the tag reaches the host out
+    /// of band (in `skb->vlan_tci`, as a real NIC's rx-vlan offload
+    /// delivers it); off, in the frame.
+    pub out_of_band: bool,
 }
 
 /// How an OVS active-backup bond notices a dead uplink.
@@ -92,6 +119,11 @@ impl LabSpec {
             bond: None,
             xdp_mode: None,
             tap_uplink: None,
+            vm_tag: None,
+            uplink_trunks: Vec::new(),
+            gateway_vlan: None,
+            agent_vlan: None,
+            ingress: None,
         }
     }
 
@@ -236,6 +268,8 @@ pub struct OvsLab {
     starts: u32,
     /// The TAP uplink's forwarder, and the namespace of its veth end.
     tap: Option<(TapUplink, Netns)>,
+    /// The gateways' tagging programs, if they tag.
+    taggers: Vec<Tagger>,
 }
 
 impl OvsLab {
@@ -284,9 +318,13 @@ impl OvsLab {
                 host.veth(up, up_mac, gw, gw_dev, gw_mac);
             }
         }
+        let mut taggers = Vec::new();
         for (ns, dev) in [(&gw1, "gw1"), (&gw2, "gw2")] {
             ns.ip(&["addr", "add", "192.0.2.1/24", "dev", dev]);
             offloads_off(ns, dev);
+            if let Some(v) = spec.gateway_vlan {
+                taggers.push(Tagger::attach(ns, dev, v.vid, v.out_of_band).map_err(|e| format!("{dev}: {e}"))?);
+            }
         }
         for (i, vm) in vms.iter().enumerate() {
             let port = format!("vm{}p", i + 1);
@@ -298,14 +336,17 @@ impl OvsLab {
         }
         offloads_off(&host, "up1");
         offloads_off(&host, "up2");
-        let lab = Self { spec, host, gw1, gw2, vms, starts: 0, tap };
+        let lab = Self { spec, host, gw1, gw2, vms, starts: 0, tap, taggers };
         lab.start_ovsdb()?;
         lab.start_vswitchd()?;
         if lab.spec.tap_uplink.is_some() {
             let interval = format!("other_config:stats-update-interval={TAP_STATS_UPDATE_MS}");
             lab.vsctl(&["--timeout=10", "set", "Open_vSwitch", ".", &interval])?;
         }
-        let mut add = vec!["--timeout=10", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev"];
+        let mut add: Vec<String> =
+            ["--timeout=10", "add-br", BRIDGE, "--", "set", "bridge", BRIDGE, "datapath_type=netdev"]
+                .map(String::from)
+                .into();
         let ports: Vec<String> = ["up1".to_string(), "up2".to_string()]
             .into_iter()
             .chain((1..=lab.vms.len()).map(|i| format!("vm{i}p")))
@@ -315,27 +356,40 @@ impl OvsLab {
             Some(BondDetect::Miimon100) => "other_config:bond-detect-mode=miimon",
             None => "",
         };
+        let trunks = (!lab.spec.uplink_trunks.is_empty()).then(|| {
+            let list: Vec<String> = lab.spec.uplink_trunks.iter().map(u16::to_string).collect();
+            format!("trunks={}", list.join(","))
+        });
         for p in &ports {
-            if lab.spec.bond.is_some() && (p == "up1" || p == "up2") {
+            let uplink = p == "up1" || p == "up2";
+            if lab.spec.bond.is_some() && uplink {
                 continue;
             }
-            add.extend(["--", "add-port", BRIDGE, p.as_str()]);
+            add.extend(["--", "add-port", BRIDGE, p.as_str()].map(String::from));
+            match (uplink, &trunks, lab.spec.vm_tag) {
+                (true, Some(t), _) => add.push(t.clone()),
+                (false, _, Some(tag)) => add.push(format!("tag={tag}")),
+                _ => {}
+            }
         }
         if lab.spec.bond.is_some() {
-            add.extend([
-                "--",
-                "add-bond",
-                BRIDGE,
-                "bond0",
-                "up1",
-                "up2",
-                "bond_mode=active-backup",
-                detect,
-                "other_config:bond-miimon-interval=100",
-                "other_config:bond-primary=up1",
-            ]);
+            add.extend(
+                [
+                    "--",
+                    "add-bond",
+                    BRIDGE,
+                    "bond0",
+                    "up1",
+                    "up2",
+                    "bond_mode=active-backup",
+                    detect,
+                    "other_config:bond-miimon-interval=100",
+                    "other_config:bond-primary=up1",
+                ]
+                .map(String::from),
+            );
         }
-        lab.vsctl(&add)?;
+        lab.vsctl(&add.iter().map(String::as_str).collect::<Vec<_>>())?;
         lab.wait_ports(&ports)?;
         Ok(lab)
     }
@@ -467,16 +521,18 @@ impl OvsLab {
         let d = &self.spec.dir;
         let text = format!(
             "[agent]\nstate_dir = \"{state}\"\nbpf_pin_dir = \"{pins}\"\ncontrol_socket = \"{sock}\"\n\
-             metrics_listen = \"127.0.0.1:0\"\novs_rundir = \"{d}\"\n{xdp}\n\
+             metrics_listen = \"127.0.0.1:0\"\novs_rundir = \"{d}\"\n{xdp}{ingress}\n\
              [[group]]\nname = \"ext\"\nbridge = \"{BRIDGE}\"\nprobe_interval_ms = {pi}\ndown_after = 3\nup_after = 3\n\n\
-             [[group.uplink]]\nname = \"primary\"\ninterface = \"up1\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\n\
-             [[group.uplink]]\nname = \"standby\"\ninterface = \"up2\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n",
+             [[group.uplink]]\nname = \"primary\"\ninterface = \"up1\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n{vlan}\n\
+             [[group.uplink]]\nname = \"standby\"\ninterface = \"up2\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n{vlan}",
             state = d.join("state").display(),
             pins = self.spec.pin_dir().display(),
             sock = self.socket_path().display(),
             d = d.display(),
             pi = self.spec.probe_interval_ms,
             xdp = self.spec.xdp_mode.map(|m| format!("xdp_mode = \"{m}\"\n")).unwrap_or_default(),
+            ingress = self.spec.ingress.map(|m| format!("ingress = \"{m}\"\n")).unwrap_or_default(),
+            vlan = self.spec.agent_vlan.map(|v| format!("vlan = {v}\n")).unwrap_or_default(),
         );
         fs::write(self.config_path(), text).expect("writing the agent's config");
     }
@@ -522,6 +578,21 @@ impl OvsLab {
         let sinks = vec![udp::sink(&self.gw1, stream, 0), udp::sink(&self.gw2, stream, 1)];
         let to = SocketAddr::from(([192, 0, 2, 1], PORT));
         LabTraffic { sinks, source: udp::source(&self.vms[0], to, stream, rate, rate * 120) }
+    }
+
+    /// Traffic from gateway `n` (1 or 2) to VM 1.
+    pub fn return_traffic(&self, n: u32, stream: u32, rate: u64) -> LabTraffic {
+        let (gw, _) = self.gw(n);
+        let sinks = vec![udp::sink(&self.vms[0], stream, 0)];
+        let to = SocketAddr::from((vm_ip(1), PORT));
+        LabTraffic { sinks, source: udp::source(gw, to, stream, rate, rate * 120) }
+    }
+
+    /// How the frames leaving gateway `n` during `window` carried their
+    /// 802.1Q tag (a packet capture on its interface).
+    pub fn gateway_tags(&self, n: u32, window: Duration) -> TagCount {
+        let (ns, dev) = self.gw(n);
+        tagger::capture_tags(ns, dev, window).unwrap_or_else(|e| panic!("capture on {dev}: {e}"))
     }
 
     /// Traffic from VM 1 to VM 2.
@@ -599,6 +670,7 @@ impl Drop for OvsLab {
     fn drop(&mut self) {
         // Daemons, pins and files here; the namespaces' own guards delete them.
         down_files(&self.spec, &mut Vec::new());
+        self.taggers.clear();
         // The forwarder holds the tap (and with it the host namespace)
         // open: stop it before the namespaces go.
         drop(self.tap.take());

@@ -6,10 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use failover_agent::{control::Request, ovs::group_cookie};
+use failover_agent::{
+    control::Request,
+    ovs::{GroupFlows, OvsCli, PortVlan, group_cookie, plan},
+};
 use failover_tests::{
     agent_lab::{AgentProcess, active, agent_binary, has_alarm},
-    ovs_lab::{GW1_MAC, GW2_MAC, LabSpec, OvsLab},
+    ovs_lab::{BRIDGE, GW1_MAC, GW2_MAC, LabSpec, OvsLab},
     privileged, unique_name,
 };
 
@@ -369,4 +372,65 @@ fn a_group_renamed_on_reload_leaves_no_rules_of_its_old_name() {
         assert!(Instant::now() < deadline, "the old group's rules are still there: {:#x?}", all());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The VLAN rules of `plan()` for every kind of port, installed on a real
+/// ovs-vswitchd and dumped back: the dump must equal the plan exactly (the
+/// agent compares the two every few seconds and reinstalls on a
+/// difference), and the port settings are read from the real OVSDB.
+#[test]
+fn vlan_rules_round_trip_through_a_real_ovs() {
+    if !privileged("vlan_rules_round_trip_through_a_real_ovs") {
+        return;
+    }
+    let lab = lab();
+    let cli = OvsCli::new(&lab.spec.dir);
+    let group = GroupFlows {
+        group: 0x5a5a,
+        bridge: BRIDGE.into(),
+        uplinks: vec!["up1".into(), "up2".into()],
+        active: 0,
+        gateway_macs: vec![GW1_MAC, GW2_MAC],
+        active_mac: Some(GW1_MAC),
+    };
+    // (what the case is, settings of vm1p, vm2p, up1 as ovs-vsctl takes them,
+    // a rule (action part) the plan must contain)
+    let cases: [(&str, [&[&str]; 3], &str); 6] = [
+        ("no VLAN anywhere", [&[], &[], &[]], "priority=200,dl_dst=02:fa:00:00:0a:01 actions=output:"),
+        ("access VMs, trunk uplink", [&["tag=100"], &["tag=200"], &["trunks=100,200"]], "push_vlan:0x8100"),
+        ("trunk VM, trunk uplink", [&["trunks=100,200"], &[], &["trunks=100"]], "dl_vlan=100"),
+        ("trunk VM, access uplink", [&["trunks=100"], &["tag=100"], &["tag=100"]], "pop_vlan"),
+        ("VLAN rewrite", [&["tag=7", "vlan_mode=native-tagged"], &[], &["trunks=7,9"]], "set_field:4103->vlan_vid"),
+        (
+            "native-untagged uplink",
+            [&[], &["tag=100"], &["tag=100", "vlan_mode=native-untagged"]],
+            "vlan_tci=0x1000/0x1000",
+        ),
+    ];
+    let vlan_columns = ["tag", "trunks", "vlan_mode"];
+    for (what, settings, must) in cases {
+        for (port, set) in ["vm1p", "vm2p", "up1"].into_iter().zip(settings) {
+            let mut args = vec!["clear", "Port", port];
+            args.extend(vlan_columns);
+            lab.vsctl(&args).unwrap();
+            if !set.is_empty() {
+                let mut args = vec!["set", "Port", port];
+                args.extend(set.iter().copied());
+                lab.vsctl(&args).unwrap();
+            }
+        }
+        let ports = cli.bridge_ports(BRIDGE).unwrap();
+        let vm1 = &ports["vm1p"].vlan;
+        assert_eq!(vm1.is_plain(), settings[0].is_empty(), "{what}: vm1p read from OVSDB as {vm1:?}");
+        let wanted = plan(&group, &ports).unwrap();
+        assert!(wanted.flows.iter().any(|f| f.contains(must)), "{what}: {:#?}", wanted.flows);
+        cli.apply(BRIDGE, group.group, &wanted).unwrap();
+        let dumped = cli.dump(BRIDGE, group.group).unwrap();
+        assert_eq!(dumped, wanted.flows, "{what}: the bridge's dump differs from the plan");
+        eprintln!("{what}: {} rules, dump == plan", wanted.flows.len());
+    }
+    assert_eq!(
+        cli.port_vlans(BRIDGE).unwrap()["up1"],
+        PortVlan { mode: Some("native-untagged".into()), ..PortVlan::access(100) }
+    );
 }
