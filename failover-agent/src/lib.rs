@@ -17,6 +17,7 @@ pub mod datapath;
 pub mod failover;
 pub mod ids;
 pub mod link;
+pub mod lock;
 pub mod metrics;
 pub mod ovs;
 pub mod probe;

@@ -511,7 +511,11 @@ pub fn run(config: Config, config_path: &std::path::Path) -> anyhow::Result<()> 
     if reexec {
         use std::os::unix::process::CommandExt as _;
         let exe = std::env::current_exe().context("finding the agent's own binary")?;
-        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(std::env::args_os().skip(1));
+        // The single-instance lock passes to the new image, held throughout.
+        crate::lock::hand_over(&mut cmd);
+        let err = cmd.exec();
         return Err(anyhow::Error::from(err).context("executing the agent anew for the new configuration"));
     }
     Ok(())
