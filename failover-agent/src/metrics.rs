@@ -1,24 +1,36 @@
 //! Prometheus metrics (the `prometheus` crate) and the small HTTP endpoint
-//! that serves them: `GET /metrics`, `GET /healthz`, nothing else.
+//! (hyper) that serves them: `GET /metrics`, `GET /healthz`, nothing else.
 //!
 //! Names and labels are a contract (alert rules and dashboards use them):
 //! see the README's "Metrics" section.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
+use http_body_util::Full;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Bytes, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+    sync::Semaphore,
 };
 use tracing::debug;
 
-/// Longest request head accepted.
+/// Longest request head accepted (hyper's smallest buffer; longer: 431).
 pub const MAX_REQUEST: usize = 8192;
-/// How long a client may take to send its request or read the answer.
+/// How long a client may take to send its request head (then 408 and
+/// closed); a connection is closed after twice this whatever it does.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; one more is closed at once.
+pub const MAX_CONNECTIONS: usize = 16;
 
 /// The agent's metrics.
 #[derive(Clone)]
@@ -40,6 +52,7 @@ pub struct Metrics {
     pub switchover_duration: HistogramVec,
     pub build_info: IntGaugeVec,
     pub kernel_carrier: IntGaugeVec,
+    pub datapath_attached: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +124,11 @@ impl Metrics {
                 "1 while the datapath reads this uplink's carrier itself (its fast rule covers link faults); 0: the agent decides them",
                 &["group", "uplink"],
             ),
+            datapath_attached: gauge(
+                "failover_datapath_attached",
+                "1 while the datapath's programs are attached to the uplink (ingress: tc, xdp or xdp-generic; tc_attach: tcx or netlink); 0: not attached, see the not_attached alarm",
+                &["group", "uplink", "ingress", "tc_attach"],
+            ),
             switchovers: counter(
                 "failover_switchovers_total",
                 "Switchovers of the active uplink",
@@ -152,31 +170,15 @@ impl Metrics {
     }
 }
 
-/// What the endpoint answers to a request head.
-pub fn respond(head: &str, metrics: &Metrics) -> (u16, &'static str, String) {
-    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target, version) = (parts.next(), parts.next(), parts.next());
-    if !version.is_some_and(|v| v.starts_with("HTTP/1.")) {
-        return (400, "text/plain; charset=utf-8", "bad request\n".into());
-    }
-    let path = target.unwrap_or_default().split('?').next().unwrap_or_default();
+/// What the endpoint answers to `method` on `path` (the query left out):
+/// status, content type, body.
+pub fn respond(method: &Method, path: &str, metrics: &Metrics) -> (StatusCode, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
     match (method, path) {
-        (Some("GET"), "/metrics") => (200, "text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
-        (Some("GET"), "/healthz") => (200, "text/plain; charset=utf-8", "ok\n".into()),
-        (Some("GET"), _) => (404, "text/plain; charset=utf-8", "not found: try /metrics or /healthz\n".into()),
-        _ => (405, "text/plain; charset=utf-8", "method not allowed: only GET\n".into()),
-    }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        _ => "Error",
+        (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
+        (&Method::GET, "/healthz") => (StatusCode::OK, TEXT, "ok\n".into()),
+        (&Method::GET, _) => (StatusCode::NOT_FOUND, TEXT, "not found: try /metrics or /healthz\n".into()),
+        _ => (StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed: only GET\n".into()),
     }
 }
 
@@ -188,66 +190,70 @@ pub type Refresh = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>;
 /// the gauges as they are.
 pub const REFRESH_TIMEOUT: Duration = Duration::from_millis(500);
 
-async fn handle(mut stream: TcpStream, metrics: Metrics, refresh: Option<Refresh>) {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    let read = tokio::time::timeout(CLIENT_TIMEOUT, async {
-        loop {
-            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") || buf[..len].windows(2).any(|w| w == b"\n\n") {
-                return Some(true);
-            }
-            if len == buf.len() {
-                return Some(false);
-            }
-            match stream.read(&mut buf[len..]).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => len += n,
-            }
+async fn answer(req: Request<Incoming>, metrics: Metrics, refresh: Option<Refresh>) -> Response<Full<Bytes>> {
+    // The gauges are read at scrape time (a collector), not kept up to
+    // date on every wakeup of the agent.
+    if req.method() == Method::GET
+        && req.uri().path() == "/metrics"
+        && let Some(refresh) = &refresh
+    {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if refresh.send(done).await.is_ok() {
+            let _ = tokio::time::timeout(REFRESH_TIMEOUT, wait).await;
         }
-    })
-    .await;
-    let (code, ctype, body) = match read {
-        Err(_) => (408, "text/plain; charset=utf-8", "request timeout\n".to_string()),
-        Ok(None) => return,
-        Ok(Some(false)) => (431, "text/plain; charset=utf-8", "request head too large\n".to_string()),
-        Ok(Some(true)) => {
-            let head = String::from_utf8_lossy(&buf[..len]).into_owned();
-            // The gauges are read at scrape time (a collector), not kept
-            // up to date on every wakeup of the agent.
-            if head.starts_with("GET /metrics")
-                && let Some(refresh) = &refresh
-            {
-                let (done, wait) = tokio::sync::oneshot::channel();
-                if refresh.send(done).await.is_ok() {
-                    let _ = tokio::time::timeout(REFRESH_TIMEOUT, wait).await;
-                }
-            }
-            respond(&head, &metrics)
-        }
-    };
-    let mut answer = format!(
-        "HTTP/1.1 {code} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n",
-        reason(code),
-        body.len()
-    );
-    if code == 405 {
-        answer.push_str("Allow: GET\r\n");
     }
-    answer.push_str("\r\n");
-    answer.push_str(&body);
-    let _ = tokio::time::timeout(CLIENT_TIMEOUT, stream.write_all(answer.as_bytes())).await;
-    let _ = stream.shutdown().await;
+    let (code, ctype, body) = respond(req.method(), req.uri().path(), &metrics);
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    if code == StatusCode::METHOD_NOT_ALLOWED {
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET"));
+    }
+    response
 }
 
-/// Serves `metrics` on `listener`, each client on its own task with
-/// timeouts, so a slow client holds up nobody; before each scrape the agent
-/// is asked (`refresh`) to bring its gauges up to date.
+/// Serves one connection: one request (no keep-alive), its head within
+/// [`CLIENT_TIMEOUT`], the whole within twice that.
+async fn connection(stream: TcpStream, metrics: Metrics, refresh: Option<Refresh>) {
+    let service = service_fn(move |req| {
+        let (metrics, refresh) = (metrics.clone(), refresh.clone());
+        async move { Ok::<_, std::convert::Infallible>(answer(req, metrics, refresh).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(CLIENT_TIMEOUT)
+        .max_buf_size(MAX_REQUEST)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(2 * CLIENT_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "metrics connection"),
+        Err(_) => debug!("metrics connection: timed out"),
+    }
+}
+
+/// Serves `metrics` on `listener` (hyper, HTTP/1), each client on its own
+/// task with timeouts, at most [`MAX_CONNECTIONS`] at once: one more is
+/// closed at once, so slow or idle clients cost a bounded number of tasks
+/// and each slot is freed within [`CLIENT_TIMEOUT`] (head not sent) or
+/// twice that. Before each scrape the agent is asked (`refresh`) to bring
+/// its gauges up to date.
 pub async fn serve(listener: TcpListener, metrics: Metrics, refresh: Option<Refresh>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    debug!(%peer, "metrics: {MAX_CONNECTIONS} connections already served; closing this one");
+                    drop(stream);
+                    continue;
+                };
                 debug!(%peer, "metrics request");
-                tokio::spawn(handle(stream, metrics.clone(), refresh.clone()));
+                let (metrics, refresh) = (metrics.clone(), refresh.clone());
+                tokio::spawn(async move {
+                    connection(stream, metrics, refresh).await;
+                    drop(slot);
+                });
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
@@ -256,6 +262,8 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, refresh: Option<Refr
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
     #[test]
@@ -300,35 +308,78 @@ mod tests {
     #[test]
     fn only_get_of_metrics_and_health_is_served() {
         let m = Metrics::new();
-        assert_eq!(respond("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", &m).0, 200);
-        assert_eq!(respond("GET /metrics?x=1 HTTP/1.0\r\n\r\n", &m).0, 200);
-        assert_eq!(respond("GET /healthz HTTP/1.1\r\n\r\n", &m), (200, "text/plain; charset=utf-8", "ok\n".into()));
-        assert_eq!(respond("GET / HTTP/1.1\r\n\r\n", &m).0, 404);
-        assert_eq!(respond("POST /metrics HTTP/1.1\r\n\r\n", &m).0, 405);
-        assert_eq!(respond("DELETE /healthz HTTP/1.1\r\n\r\n", &m).0, 405);
-        assert_eq!(respond("garbage\r\n\r\n", &m).0, 400);
-        assert_eq!(respond("", &m).0, 400);
+        assert_eq!(respond(&Method::GET, "/metrics", &m).0, StatusCode::OK);
+        assert_eq!(respond(&Method::GET, "/healthz", &m), (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()));
+        assert_eq!(respond(&Method::GET, "/", &m).0, StatusCode::NOT_FOUND);
+        assert_eq!(respond(&Method::POST, "/metrics", &m).0, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(respond(&Method::DELETE, "/healthz", &m).0, StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out).await;
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     #[tokio::test]
-    async fn the_endpoint_answers_over_tcp_and_slow_clients_time_out() {
+    async fn the_endpoint_answers_over_tcp_and_slow_clients_block_nobody() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let m = Metrics::new();
         m.ovs_reachable.set(1);
         tokio::spawn(serve(listener, m, None));
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
+        let out = exchange(addr, b"GET /metrics?x=1 HTTP/1.1\r\nHost: t\r\n\r\n").await;
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-        assert!(out.contains("failover_ovs_reachable 1"));
+        assert!(out.contains("content-type: text/plain; version=0.0.4; charset=utf-8"), "{out}");
+        assert!(out.contains("failover_ovs_reachable 1"), "{out}");
+        let out = exchange(addr, b"GET /healthz HTTP/1.0\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.0 200 OK\r\n") && out.ends_with("\r\n\r\nok\n"), "{out}");
         // A client that never finishes its request does not block another.
         let _slow = TcpStream::connect(addr).await.unwrap();
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"PUT /metrics HTTP/1.1\r\n\r\n").await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        assert!(out.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && out.contains("Allow: GET"), "{out}");
+        let out = exchange(addr, b"PUT /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && out.contains("allow: GET"), "{out}");
+        let out = exchange(addr, b"GET / HTTP/1.1\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
+        let out = exchange(addr, b"garbage\r\n\r\n").await;
+        assert!(out.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{out}");
+        let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        big.extend(std::iter::repeat_n(b'x', 3 * MAX_REQUEST));
+        big.extend(b"\r\n\r\n");
+        let out = exchange(addr, &big).await;
+        assert!(out.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn at_most_max_connections_are_served_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, Metrics::new(), None));
+        let mut idle = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        // Accepted (and holding their slots) once a request behind them is.
+        let mut closed = false;
+        for _ in 0..50 {
+            if exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await.is_empty() {
+                closed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(closed, "one more than {MAX_CONNECTIONS} is closed without an answer");
+        // Slots come back when their clients go.
+        drop(idle);
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let out = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+            if out.starts_with("HTTP/1.1 200 OK\r\n") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "slots not given back: {out:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

@@ -125,7 +125,7 @@ fn pins_removed_by_hand_are_put_back_and_the_programs_reattached() {
     let xdp_up2 = std::fs::read_dir(&links)
         .unwrap()
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("xdp-up2-"))
+        .find(|e| e.file_name().to_string_lossy().starts_with("tci-up2-"))
         .unwrap()
         .path();
     std::fs::remove_file(&xdp_up2).unwrap();
@@ -136,9 +136,11 @@ fn pins_removed_by_hand_are_put_back_and_the_programs_reattached() {
     }
     // Still working: the standby is watched again and a fault still moves traffic.
     lab.wait_healthy();
-    let out =
-        std::process::Command::new("ip").args(["-n", lab.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("xdp"), "XDP attached again to up2");
+    let (_, progs) = lab
+        .host
+        .run(|| aya::programs::SchedClassifier::query_tcx("up2", aya::programs::TcAttachType::Ingress))
+        .expect("query TCX");
+    assert_eq!(progs.len(), 1, "TC ingress attached again to up2, once");
     lab.set_link(1, false);
     lab.wait_for("switch to the standby", WAIT, |s| s.groups[0].active.as_deref() == Some("standby"));
     let events = lab.ask(&failover_agent::control::Request::Events { limit: Some(100), follow: false }).events.unwrap();
@@ -340,4 +342,65 @@ fn only_root_may_use_the_control_socket() {
     assert!(stderr.contains("control socket") && stderr.contains("Permission denied"), "{stderr}");
     // Root still may.
     assert_eq!(lab.status().groups[0].active.as_deref(), Some("primary"));
+}
+
+#[test]
+fn the_metrics_endpoint_serves_a_bounded_number_of_idle_clients_and_frees_them() {
+    use std::net::TcpStream;
+
+    use failover_agent::metrics::{CLIENT_TIMEOUT, MAX_CONNECTIONS};
+    use failover_tests::prom::http_get;
+    const IDLE: usize = 3 * MAX_CONNECTIONS;
+    if !privileged("the_metrics_endpoint_serves_a_bounded_number_of_idle_clients_and_frees_them") {
+        return;
+    }
+    let mut lab = AgentLab::new(LabOptions::default());
+    let _agent = lab.start_agent();
+    lab.wait_healthy();
+    let target = lab.status().agent.and_then(|a| a.metrics_listen).unwrap();
+    assert_eq!(http_get(&lab.host, &target, "/healthz").map(|(c, _)| c), Some(200));
+    // Clients that connect and never send a request, well over the cap.
+    let addr = target.clone();
+    let opened = Instant::now();
+    let idle: Vec<TcpStream> = lab.host.run(move || (0..IDLE).map(|_| TcpStream::connect(&addr).unwrap()).collect());
+    // Those over the cap are closed at once; the first MAX_CONNECTIONS wait for their head.
+    std::thread::sleep(Duration::from_millis(500));
+    let closed = |streams: &[TcpStream]| {
+        streams
+            .iter()
+            .filter(|s| {
+                let mut s: &TcpStream = s;
+                s.set_nonblocking(true).unwrap();
+                let mut buf = [0u8; 512];
+                let r = s.read(&mut buf);
+                // EOF, a reset, or the agent's 408: closed; no data yet: still held.
+                !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            })
+            .count()
+    };
+    let closed_at_once = closed(&idle);
+    assert_eq!(closed_at_once, IDLE - MAX_CONNECTIONS, "all but {MAX_CONNECTIONS} closed at once");
+    // Meanwhile the agent works: its control socket answers.
+    let started = Instant::now();
+    assert_eq!(lab.status().groups[0].active.as_deref(), Some("primary"));
+    assert!(started.elapsed() < Duration::from_millis(500), "status took {:?}", started.elapsed());
+    // While the slots are held, one more client is closed without an answer.
+    assert_eq!(http_get(&lab.host, &target, "/healthz"), None, "the cap holds");
+    // The held ones are closed after the head timeout, and the endpoint answers again.
+    let deadline = opened + CLIENT_TIMEOUT + Duration::from_secs(2);
+    while closed(&idle) < IDLE {
+        assert!(Instant::now() < deadline, "idle clients still held after {:?}", opened.elapsed());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let freed_after = opened.elapsed();
+    assert!(
+        freed_after >= CLIENT_TIMEOUT - Duration::from_millis(100),
+        "freed only after the timeout: {freed_after:?}"
+    );
+    let (code, body) = http_get(&lab.host, &target, "/metrics").expect("metrics answer once the slots are free");
+    assert_eq!(code, 200);
+    assert!(body.contains("failover_active_uplink{group=\"ext\",uplink=\"primary\"} 1"), "{body}");
+    eprintln!(
+        "metrics endpoint: {IDLE} idle clients, {closed_at_once} closed at once, {MAX_CONNECTIONS} held and freed after {freed_after:?}"
+    );
 }
