@@ -2,7 +2,11 @@
 //! state and carrier. The only code in the agent that touches netlink.
 //!
 //! [`watch`] subscribes to link events first and dumps the links second, so
-//! no change falls between the dump and the events.
+//! no change falls between the dump and the events. The changes go to the
+//! agent over a bounded channel ([`EVENTS_QUEUED`]): when it is full, an
+//! event is dropped and every link is dumped anew (and sent) as soon as
+//! there is room again, so the agent ends up with each link's latest state,
+//! including links created or deleted meanwhile.
 
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::{
@@ -11,6 +15,10 @@ use rtnetlink::packet_route::{
 };
 use rtnetlink::{MulticastGroup, packet_core::NetlinkPayload};
 use tokio::sync::mpsc;
+use tracing::warn;
+
+/// Link changes queued for the agent at most (a few hundred bytes each).
+pub const EVENTS_QUEUED: usize = 1024;
 
 /// The state of a link, as reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +84,7 @@ pub fn link_event(msg: &LinkMessage, deleted: bool) -> Option<LinkEvent> {
 #[derive(Clone, Debug)]
 pub struct LinkQuery {
     handle: rtnetlink::Handle,
-    tx: mpsc::UnboundedSender<LinkEvent>,
+    tx: mpsc::Sender<LinkEvent>,
 }
 
 impl LinkQuery {
@@ -87,7 +95,7 @@ impl LinkQuery {
         if let Ok(Some(msg)) = stream.try_next().await
             && let Some(event) = link_event(&msg, false)
         {
-            let _ = self.tx.send(event);
+            let _ = self.tx.send(event).await;
         }
     }
 }
@@ -96,17 +104,13 @@ impl LinkQuery {
 /// read one link anew.
 pub struct LinkWatch {
     pub dump: Vec<LinkEvent>,
-    pub events: mpsc::UnboundedReceiver<LinkEvent>,
+    pub events: mpsc::Receiver<LinkEvent>,
     pub query: LinkQuery,
 }
 
-/// Subscribes to link events, then dumps every link. Returns the dump and a
-/// channel of the changes that follow. Must run inside a tokio runtime.
-pub async fn watch() -> Result<LinkWatch, LinkError> {
-    let (conn, handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinkError::Subscribe)?;
-    tokio::spawn(conn);
-    let dump: Vec<LinkEvent> = handle
+/// Every link's state, dumped.
+async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<LinkEvent>, LinkError> {
+    Ok(handle
         .link()
         .get()
         .execute()
@@ -116,24 +120,66 @@ pub async fn watch() -> Result<LinkWatch, LinkError> {
         .map_err(LinkError::Dump)?
         .into_iter()
         .flatten()
-        .collect();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let query = LinkQuery { handle, tx: tx.clone() };
+        .collect())
+}
+
+/// Subscribes to link events, then dumps every link. Returns the dump and a
+/// channel of the changes that follow. Must run inside a tokio runtime.
+pub async fn watch() -> Result<LinkWatch, LinkError> {
+    let (conn, handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinkError::Subscribe)?;
+    tokio::spawn(conn);
+    let first = dump(&handle).await?;
+    let (tx, rx) = mpsc::channel(EVENTS_QUEUED);
+    let query = LinkQuery { handle: handle.clone(), tx: tx.clone() };
     tokio::spawn(async move {
-        while let Some((message, _)) = messages.next().await {
+        // An event was dropped (the channel full): dump anew once there is room.
+        let mut lost = false;
+        loop {
+            let message = tokio::select! {
+                m = messages.next() => m,
+                permit = tx.reserve(), if lost => {
+                    if permit.is_err() {
+                        return; // the agent is gone
+                    }
+                    drop(permit);
+                    // Events that arrive meanwhile wait in the socket and come after.
+                    match dump(&handle).await {
+                        Ok(links) => {
+                            lost = false;
+                            for event in links {
+                                if tx.send(event).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => warn!(error = %anyhow::Error::from(e), "link events were dropped; dumping the links anew failed (the uplinks are read anew every second)"),
+                    }
+                    continue;
+                }
+            };
+            let Some((message, _)) = message else { return };
             let event = match &message.payload {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => link_event(l, false),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => link_event(l, true),
                 _ => None,
             };
-            if let Some(event) = event
-                && tx.send(event).is_err()
-            {
-                return;
+            let Some(event) = event else { continue };
+            match tx.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !lost {
+                        warn!(
+                            "{EVENTS_QUEUED} link events queued: dropping; every link is dumped anew when there is room"
+                        );
+                    }
+                    lost = true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
     });
-    Ok(LinkWatch { dump, events: rx, query })
+    Ok(LinkWatch { dump: first, events: rx, query })
 }
 
 #[cfg(test)]
