@@ -123,62 +123,80 @@ async fn dump(handle: &rtnetlink::Handle) -> Result<Vec<LinkEvent>, LinkError> {
         .collect())
 }
 
+/// Sends each change to `tx` without waiting; when `tx` is full the change
+/// is dropped, and once there is room every link is dumped anew (`redump`)
+/// and sent (changes that arrive meanwhile wait in the socket, and come
+/// after). Returns when the changes end or the receiver is gone.
+async fn forward<S, D, F>(mut changes: S, mut redump: D, tx: mpsc::Sender<LinkEvent>)
+where
+    S: futures::Stream<Item = LinkEvent> + Unpin,
+    D: FnMut() -> F,
+    F: Future<Output = Result<Vec<LinkEvent>, LinkError>>,
+{
+    let mut lost = false;
+    loop {
+        let event = tokio::select! {
+            e = changes.next() => e,
+            permit = tx.reserve(), if lost => {
+                if permit.is_err() {
+                    return; // the agent is gone
+                }
+                drop(permit);
+                match redump().await {
+                    Ok(links) => {
+                        lost = false;
+                        for event in links {
+                            if tx.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %anyhow::Error::from(e), "link events were dropped; dumping the links anew failed (the uplinks are read anew every second)"),
+                }
+                continue;
+            }
+        };
+        let Some(event) = event else { return };
+        match tx.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !lost {
+                    warn!(
+                        "{} link events queued: dropping; every link is dumped anew when there is room",
+                        tx.max_capacity()
+                    );
+                }
+                lost = true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
 /// Subscribes to link events, then dumps every link. Returns the dump and a
 /// channel of the changes that follow. Must run inside a tokio runtime.
 pub async fn watch() -> Result<LinkWatch, LinkError> {
-    let (conn, handle, mut messages) =
+    let (conn, handle, messages) =
         rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(LinkError::Subscribe)?;
     tokio::spawn(conn);
     let first = dump(&handle).await?;
     let (tx, rx) = mpsc::channel(EVENTS_QUEUED);
     let query = LinkQuery { handle: handle.clone(), tx: tx.clone() };
-    tokio::spawn(async move {
-        // An event was dropped (the channel full): dump anew once there is room.
-        let mut lost = false;
-        loop {
-            let message = tokio::select! {
-                m = messages.next() => m,
-                permit = tx.reserve(), if lost => {
-                    if permit.is_err() {
-                        return; // the agent is gone
-                    }
-                    drop(permit);
-                    // Events that arrive meanwhile wait in the socket and come after.
-                    match dump(&handle).await {
-                        Ok(links) => {
-                            lost = false;
-                            for event in links {
-                                if tx.send(event).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e) => warn!(error = %anyhow::Error::from(e), "link events were dropped; dumping the links anew failed (the uplinks are read anew every second)"),
-                    }
-                    continue;
-                }
-            };
-            let Some((message, _)) = message else { return };
-            let event = match &message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => link_event(l, false),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => link_event(l, true),
-                _ => None,
-            };
-            let Some(event) = event else { continue };
-            match tx.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    if !lost {
-                        warn!(
-                            "{EVENTS_QUEUED} link events queued: dropping; every link is dumped anew when there is room"
-                        );
-                    }
-                    lost = true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
-        }
+    let changes = messages.filter_map(|(message, _)| {
+        std::future::ready(match &message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => link_event(l, false),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => link_event(l, true),
+            _ => None,
+        })
     });
+    tokio::spawn(forward(
+        Box::pin(changes),
+        move || {
+            let handle = handle.clone();
+            async move { dump(&handle).await }
+        },
+        tx,
+    ));
     Ok(LinkWatch { dump: first, events: rx, query })
 }
 
@@ -215,5 +233,39 @@ mod tests {
         let e = link_event(&msg(LinkFlags::Up | LinkFlags::LowerUp, Some("eth1")), true).unwrap();
         assert_eq!(e.state, LinkState::Gone);
         assert_eq!(link_event(&msg(LinkFlags::Up, None), false), None);
+    }
+
+    fn ev(ifindex: u32, state: LinkState) -> LinkEvent {
+        LinkEvent { ifname: format!("d{ifindex}"), ifindex, mac: None, state }
+    }
+
+    #[tokio::test]
+    async fn changes_over_the_bound_are_dropped_and_every_link_dumped_anew() {
+        let (source, changes) = futures::channel::mpsc::unbounded();
+        let (tx, mut rx) = mpsc::channel(4);
+        let dumps = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = dumps.clone();
+        // The kernel's truth after the burst: every link up.
+        let redump = move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok((1..=10).map(|i| ev(i, LinkState::Up)).collect()))
+        };
+        tokio::spawn(forward(changes, redump, tx));
+        for i in 1..=10 {
+            source.unbounded_send(ev(i, LinkState::Up)).unwrap();
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        let mut received = 0;
+        while let Ok(Some(e)) = tokio::time::timeout(std::time::Duration::from_millis(200), rx.recv()).await {
+            received += 1;
+            seen.insert(e.ifindex, e.state);
+        }
+        assert_eq!(dumps.load(std::sync::atomic::Ordering::SeqCst), 1, "one dump after the overflow");
+        assert_eq!(received, 4 + 10, "the 4 queued, then the dump");
+        assert_eq!(seen, (1..=10).map(|i| (i, LinkState::Up)).collect(), "every link's last state arrived");
+        // Changes after the dump come after it, and no dump without an overflow.
+        source.unbounded_send(ev(3, LinkState::Down)).unwrap();
+        assert_eq!(rx.recv().await, Some(ev(3, LinkState::Down)));
+        assert_eq!(dumps.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
