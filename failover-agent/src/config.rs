@@ -14,7 +14,7 @@ use std::{
 use failover_common::{MAX_GROUP_UPLINKS, MAX_GROUPS, MAX_UPLINKS};
 use serde::Deserialize;
 
-use crate::datapath::XdpAttachMode;
+use crate::datapath::{IngressMode, TcAttach};
 
 /// The metrics endpoint's default port (loopback only by default).
 pub const DEFAULT_METRICS_PORT: u16 = 9731;
@@ -39,7 +39,10 @@ pub struct Agent {
     pub bpf_pin_dir: PathBuf,
     pub control_socket: PathBuf,
     pub metrics_listen: SocketAddr,
-    pub xdp_mode: XdpAttachMode,
+    /// Where the datapath sees arriving frames (`ingress`).
+    pub ingress: IngressMode,
+    /// How the TC programs are attached (`tc_attach`).
+    pub tc_attach: TcAttach,
     /// Keep the agent's OpenFlow rules on each group's bridge.
     pub ovs_flows: bool,
     /// Where ovs-vswitchd keeps its sockets (`<bridge>.mgmt`).
@@ -141,7 +144,10 @@ struct RawAgent {
     bpf_pin_dir: Option<PathBuf>,
     control_socket: Option<PathBuf>,
     metrics_listen: Option<String>,
+    ingress: Option<String>,
+    /// The first agents' key: `skb` = `ingress = "xdp-generic"`, `native` = `"xdp"`.
     xdp_mode: Option<String>,
+    tc_attach: Option<String>,
     ovs_flows: Option<bool>,
     ovs_rundir: Option<PathBuf>,
     kernel_failover: Option<bool>,
@@ -336,9 +342,35 @@ impl Validator<'_> {
                 )
             })?,
         };
-        let xdp_mode = match raw.xdp_mode {
-            None => XdpAttachMode::default(),
-            Some(s) => s.parse().map_err(|e: String| self.err(None, None, "agent.xdp_mode", e))?,
+        let ingress = match (raw.ingress, raw.xdp_mode) {
+            (Some(_), Some(_)) => {
+                return Err(self.err(
+                    None,
+                    None,
+                    "agent.xdp_mode",
+                    "set either ingress or xdp_mode (its old name), not both".to_string(),
+                ));
+            }
+            (Some(s), None) => s.parse().map_err(|e: String| self.err(None, None, "agent.ingress", e))?,
+            (None, Some(s)) => match s.as_str() {
+                "skb" => IngressMode::XdpGeneric,
+                "native" => IngressMode::XdpNative,
+                other => {
+                    return Err(self.err(
+                        None,
+                        None,
+                        "agent.xdp_mode",
+                        format!(
+                            "unknown XDP mode {other:?}: expected \"native\" or \"skb\" (better: ingress = \"tc\", \"xdp\" or \"xdp-generic\")"
+                        ),
+                    ));
+                }
+            },
+            (None, None) => IngressMode::default(),
+        };
+        let tc_attach = match raw.tc_attach {
+            None => TcAttach::default(),
+            Some(s) => s.parse().map_err(|e: String| self.err(None, None, "agent.tc_attach", e))?,
         };
         let absolute = |p: Option<PathBuf>, default: &str, field: &str| -> Result<PathBuf, ConfigError> {
             let p = p.unwrap_or_else(|| PathBuf::from(default));
@@ -353,7 +385,8 @@ impl Validator<'_> {
             bpf_pin_dir: absolute(raw.bpf_pin_dir, "/sys/fs/bpf/failover-agent", "agent.bpf_pin_dir")?,
             control_socket: absolute(raw.control_socket, "/run/failover-agent/control.sock", "agent.control_socket")?,
             metrics_listen,
-            xdp_mode,
+            ingress,
+            tc_attach,
             ovs_flows: raw.ovs_flows.unwrap_or(true),
             ovs_rundir: absolute(
                 raw.ovs_rundir.or_else(|| std::env::var_os("OVS_RUNDIR").map(PathBuf::from)),

@@ -33,7 +33,8 @@ fn error_with(from: &str, to: &str) -> String {
 fn the_shipped_example_is_valid_and_complete() {
     let c = parse_str(EXAMPLE).expect("example parses");
     assert_eq!(c.agent.metrics_listen, "127.0.0.1:9731".parse().unwrap());
-    assert_eq!(c.agent.xdp_mode, XdpAttachMode::Skb);
+    assert_eq!(c.agent.ingress, IngressMode::Tc);
+    assert_eq!(c.agent.tc_attach, TcAttach::Auto);
     let g = &c.groups[0];
     assert_eq!(g.name, "ext");
     assert_eq!(g.probe_interval, Duration::from_millis(100));

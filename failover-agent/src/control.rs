@@ -61,6 +61,8 @@ pub enum AlarmCode {
     Flapping,
     /// A bridge's ovs-vswitchd does not answer.
     OvsUnreachable,
+    /// The datapath could not be attached to an uplink (not the NIC's fault).
+    NotAttached,
 }
 
 impl AlarmCode {
@@ -71,6 +73,7 @@ impl AlarmCode {
             Self::NoHealthyUplink => "no_healthy_uplink",
             Self::Flapping => "flapping",
             Self::OvsUnreachable => "ovs_unreachable",
+            Self::NotAttached => "not_attached",
         }
     }
 
@@ -81,6 +84,7 @@ impl AlarmCode {
             Self::Gateway => CoreAlarm::Replace(Part::Gateway),
             Self::NoHealthyUplink => CoreAlarm::NoHealthyUplink,
             Self::Flapping => CoreAlarm::Flapping,
+            Self::NotAttached => CoreAlarm::NotAttached,
             Self::OvsUnreachable => return None,
         })
     }
@@ -93,6 +97,7 @@ impl From<CoreAlarm> for AlarmCode {
             CoreAlarm::Replace(Part::Gateway) => Self::Gateway,
             CoreAlarm::NoHealthyUplink => Self::NoHealthyUplink,
             CoreAlarm::Flapping => Self::Flapping,
+            CoreAlarm::NotAttached => Self::NotAttached,
         }
     }
 }
@@ -185,6 +190,12 @@ pub struct AgentInfo {
     /// agent then decides link faults, from netlink).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_carrier_off: Option<String>,
+    /// Where arriving frames are seen: `tc`, `xdp` or `xdp-generic`.
+    #[serde(default)]
+    pub ingress: String,
+    /// How the TC programs are attached: `tcx` or `netlink`.
+    #[serde(default)]
+    pub tc_attach: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,6 +240,9 @@ pub struct UplinkStatus {
     /// The datapath reads this uplink's carrier itself.
     #[serde(default)]
     pub kernel_carrier: bool,
+    /// Why the datapath is not attached to this uplink (None: attached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -480,6 +494,9 @@ pub fn render_status(status: &Status, now_unix_ms: u64) -> String {
                 out,
                 "note: the datapath does not read carrier ({why}): the agent decides link faults, reading each link every probe round"
             );
+        }
+        if !a.ingress.is_empty() {
+            let _ = writeln!(out, "datapath: ingress {}, TC attached by {}", a.ingress, a.tc_attach);
         }
     }
     for g in &status.groups {

@@ -42,6 +42,13 @@ pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 /// verifier then refuses to see shifted.)
 pub trait Frame {
     fn read<const N: usize>(&self, off: usize, out: &mut [u8; N]) -> bool;
+    /// The 802.1Q VLAN id the NIC took out of the frame (rx-vlan offload:
+    /// TC sees it in `skb->vlan_tci`), or 0 when the tag, if any, is still
+    /// in the frame's bytes.
+    #[inline(always)]
+    fn offloaded_vlan(&self) -> u16 {
+        0
+    }
 }
 
 impl Frame for [u8] {
@@ -143,8 +150,15 @@ pub fn classify_ingress<F: Frame + ?Sized>(f: &F, cfg: &UplinkConfig) -> Ingress
     let eth_dst = read!(f, 0, 6);
     let eth_src = read!(f, 6, 6);
     let outer = u16::from_be_bytes(read!(f, 12, 2));
-    // At most one 802.1Q tag; anything stacked deeper is not a probe reply.
-    let (vlan, ethertype, l3) = if outer == ETH_P_8021Q {
+    let offloaded = f.offloaded_vlan() & 0x0fff;
+    // At most one 802.1Q tag, in the frame or out of band; anything stacked
+    // deeper is not a probe reply.
+    let (vlan, ethertype, l3) = if offloaded != 0 {
+        if outer == ETH_P_8021Q || outer == ETH_P_8021AD {
+            return Ingress::Other;
+        }
+        (offloaded, outer, ETH_HLEN)
+    } else if outer == ETH_P_8021Q {
         let tci = u16::from_be_bytes(read!(f, 14, 2));
         let inner = u16::from_be_bytes(read!(f, 16, 2));
         if inner == ETH_P_8021Q || inner == ETH_P_8021AD {

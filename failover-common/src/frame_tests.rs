@@ -126,6 +126,38 @@ fn vlan_tagged_reply_must_match_uplink_vlan() {
     assert_eq!(classify(&arp(e, a), &cfg), Ingress::Rejected(Reject::Vlan), "untagged reply on a tagged uplink");
 }
 
+/// A frame whose tag the NIC took out (rx-vlan offload): the bytes are
+/// untagged, the tag rides beside them, as TC sees it in `skb->vlan_tci`.
+struct Offloaded<'a>(&'a [u8], u16);
+
+impl Frame for Offloaded<'_> {
+    fn read<const N: usize>(&self, off: usize, out: &mut [u8; N]) -> bool {
+        self.0.read(off, out)
+    }
+    fn offloaded_vlan(&self) -> u16 {
+        self.1
+    }
+}
+
+#[test]
+fn an_offloaded_tag_counts_as_the_frames_tag() {
+    let (e, a) = arp_reply();
+    let frame = arp(e, a);
+    let mut cfg = cfg4();
+    cfg.vlan = 100;
+    // Priority bits in the TCI are not part of the VLAN id.
+    assert_eq!(classify_ingress(&Offloaded(&frame, 0x2000 + 100), &cfg), VALID);
+    assert_eq!(classify_ingress(&Offloaded(&frame, 101), &cfg), Ingress::Rejected(Reject::Vlan));
+    cfg.vlan = 0;
+    assert_eq!(classify_ingress(&Offloaded(&frame, 100), &cfg), Ingress::Rejected(Reject::Vlan));
+    assert_eq!(classify_ingress(&Offloaded(&frame, 0), &cfg), VALID, "no tag at all");
+    // An offloaded outer tag and one more in the frame: stacked, not a reply.
+    let (mut e, a) = arp_reply();
+    e.vlan = 100;
+    cfg.vlan = 100;
+    assert_eq!(classify_ingress(&Offloaded(&arp(e, a), 100), &cfg), Ingress::Other);
+}
+
 #[test]
 fn double_tagged_frames_are_not_replies() {
     let (mut e, a) = arp_reply();

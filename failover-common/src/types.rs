@@ -33,6 +33,10 @@ pub const MAPS: [&str; 6] = [MAP_UPLINKS, MAP_GROUPS, MAP_STATS, MAP_PROBES, MAP
 pub const PROG_XDP: &str = "failover_xdp";
 /// Name of the TC egress program in the object.
 pub const PROG_TC_EGRESS: &str = "failover_tc_egress";
+/// The TC ingress program's name (the default ingress hook).
+pub const PROG_TC_INGRESS: &str = "failover_tc_ingress";
+/// The native-XDP program's name (`xdp.frags`: attaches on jumbo MTU).
+pub const PROG_XDP_FRAGS: &str = "failover_xdp_frags";
 /// Bytes of the [`MAP_KEVENTS`] ring buffer (a power-of-two multiple of the page size).
 pub const KEVENTS_BYTES: u32 = 64 * 1024;
 /// Layout version of the maps above: the pinned maps and programs of

@@ -1,6 +1,6 @@
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_redirect},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_redirect, bpf_skb_pull_data},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
@@ -8,7 +8,7 @@ use aya_ebpf::{
 use failover_common::{
     DEV_WINDOW_LEN, DevRef, GroupState, KEVENTS_BYTES, KernelSwitch, MAX_GROUP_UPLINKS, MAX_GROUPS, MAX_UPLINKS,
     PROBE_MARK, ProbeCount, UplinkConfig, UplinkStats,
-    frame::{Egress, Frame, Ingress, classify_ingress, egress_action},
+    frame::{ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, Egress, Frame, Ingress, classify_ingress, egress_action},
     rule::{Fault, Policy, choose, link_lost, probes_unanswered, silent},
 };
 
@@ -335,25 +335,34 @@ fn reply_solicited(slot: u32, now: u64) -> bool {
     true
 }
 
-/// The XDP frame, read with a bounds check against `data_end` on every load.
-struct XdpFrame<'a>(&'a XdpContext);
+/// A frame's bytes between `start` and `end` (XDP's `data`..`data_end`, or
+/// an skb's linear part), read with a bounds check on every load, and the
+/// VLAN tag that came out of band (0: none).
+struct Linear {
+    start: usize,
+    end: usize,
+    vlan: u16,
+}
 
-impl Frame for XdpFrame<'_> {
+impl Frame for Linear {
     #[inline(always)]
     fn read<const N: usize>(&self, off: usize, out: &mut [u8; N]) -> bool {
-        let start = self.0.data();
-        let end = self.0.data_end();
-        if start + off + N > end {
+        if self.start + off + N > self.end {
             return false;
         }
         let mut i = 0;
         while i < N {
             // SAFETY: `start + off + i` lies inside the frame (checked above,
             // and the verifier checks it again).
-            out[i] = unsafe { *((start + off + i) as *const u8) };
+            out[i] = unsafe { *((self.start + off + i) as *const u8) };
             i += 1;
         }
         true
+    }
+
+    #[inline(always)]
+    fn offloaded_vlan(&self) -> u16 {
+        self.vlan
     }
 }
 
@@ -363,17 +372,75 @@ fn stats(slot: u32) -> Option<&'static mut UplinkStats> {
     STATS.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
 }
 
+/// Generic (skb) XDP: `ingress = "xdp-generic"`.
 #[xdp]
 pub fn failover_xdp(ctx: XdpContext) -> u32 {
-    try_xdp(&ctx)
+    xdp_verdict(&ctx)
+}
+
+/// Native XDP, multi-buffer aware (`xdp.frags`), so it attaches to an
+/// uplink with a jumbo MTU: `ingress = "xdp"`. The headers it reads are in
+/// the first buffer.
+#[xdp(frags)]
+pub fn failover_xdp_frags(ctx: XdpContext) -> u32 {
+    xdp_verdict(&ctx)
 }
 
 #[inline(always)]
-fn try_xdp(ctx: &XdpContext) -> u32 {
-    let ifindex = ctx.ingress_ifindex() as u32;
+fn xdp_verdict(ctx: &XdpContext) -> u32 {
+    let frame = Linear { start: ctx.data(), end: ctx.data_end(), vlan: 0 };
+    if ingress(&frame, ctx.ingress_ifindex() as u32) { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+}
+
+/// Bytes of a probe reply's headers, at most (Ethernet, a tag, IPv6, an NA
+/// and its first option): what TC ingress needs in the linear part.
+const REPLY_HEADERS: u32 = 96;
+
+/// TC ingress (`ingress = "tc"`, the default): the same decisions on the
+/// skb, with no copy of a GRO'd packet, and the VLAN tag from
+/// `skb->vlan_tci` when the NIC took it out of the frame.
+#[classifier]
+pub fn failover_tc_ingress(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: `skb` is the context pointer the kernel passed in.
+    let (ifindex, len, vlan_present, vlan_tci) =
+        unsafe { ((*skb).ifindex, (*skb).len, (*skb).vlan_present, (*skb).vlan_tci) };
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < REPLY_HEADERS && len > linear && could_be_reply(&ctx, linear) {
+        // Headers of a possible reply outside the linear part (a NIC that
+        // receives into pages): make them readable. Only the headers, and
+        // only for ARP, IPv6 or tagged frames.
+        // SAFETY: helper; the packet pointers are taken anew below.
+        unsafe { bpf_skb_pull_data(skb.cast(), len.min(REPLY_HEADERS)) };
+    }
+    let frame =
+        Linear { start: ctx.data(), end: ctx.data_end(), vlan: if vlan_present != 0 { vlan_tci as u16 } else { 0 } };
+    if ingress(&frame, ifindex) { TC_ACT_OK as i32 } else { TC_ACT_SHOT as i32 }
+}
+
+/// Whether a frame with `linear` bytes in its linear part may be a probe
+/// reply (ARP, IPv6, or 802.1Q-tagged), or is too short to tell.
+#[inline(always)]
+fn could_be_reply(ctx: &TcContext, linear: u32) -> bool {
+    if linear < 14 {
+        return true;
+    }
+    let frame = Linear { start: ctx.data(), end: ctx.data_end(), vlan: 0 };
+    let mut ethertype = [0u8; 2];
+    if !frame.read(12, &mut ethertype) {
+        return true;
+    }
+    matches!(u16::from_be_bytes(ethertype), ETH_P_ARP | ETH_P_IPV6 | ETH_P_8021Q)
+}
+
+/// What arrives on an uplink, whichever hook sees it: counts valid probe
+/// replies (and consumes them), passes what the bridge should get, and
+/// drops the rest on an inactive uplink. True: pass.
+#[inline(always)]
+fn ingress<F: Frame>(frame: &F, ifindex: u32) -> bool {
     // SAFETY: the value is only read; the agent replaces entries whole.
     let Some(cfg) = (unsafe { UPLINKS.get(&ifindex) }) else {
-        return xdp_action::XDP_PASS; // not an uplink we know: fail open
+        return true; // not an uplink we know: fail open
     };
     let cfg = *cfg;
     // SAFETY: as above.
@@ -382,8 +449,8 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
         Some(group) => group.active_ifindex == 0 || group.active_ifindex == ifindex,
         None => true, // no decision yet: behave as active (fail open)
     };
-    match classify_ingress(&XdpFrame(ctx), &cfg) {
-        Ingress::Malformed => xdp_action::XDP_PASS,
+    match classify_ingress(frame, &cfg) {
+        Ingress::Malformed => true,
         Ingress::ValidReply { gateway_mac } => {
             // SAFETY: helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
@@ -392,29 +459,29 @@ fn try_xdp(ctx: &XdpContext) -> u32 {
                 if let Some(s) = stats(cfg.slot) {
                     s.rejected_replies += 1;
                 }
-                return if active { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP };
+                return active;
             }
             if let Some(s) = stats(cfg.slot) {
                 s.valid_replies += 1;
                 s.last_reply_ns = now;
                 s.gateway_mac = gateway_mac;
             }
-            xdp_action::XDP_DROP // the agent's, not the VMs'
+            false // the agent's, not the VMs'
         }
         Ingress::Rejected(_) => {
             if let Some(s) = stats(cfg.slot) {
                 s.rejected_replies += 1;
             }
-            if active { xdp_action::XDP_PASS } else { xdp_action::XDP_DROP }
+            active
         }
         Ingress::Other => {
             if active || group.is_some_and(|g| standby_takes_over(cfg.group, g, ifindex)) {
-                xdp_action::XDP_PASS
+                true
             } else {
                 if let Some(s) = stats(cfg.slot) {
                     s.ingress_dropped_inactive += 1;
                 }
-                xdp_action::XDP_DROP
+                false
             }
         }
     }

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use failover_agent::datapath::{
-    AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode, ebpf::ifindex,
+    AttachOutcome, Counters, Datapath, DatapathOptions, EbpfDatapath, IngressMode, ebpf::ifindex,
 };
 use failover_common::{FAMILY_IPV4, GROUP_ACTIVE_MAC_KNOWN, GROUP_REDIRECT_INACTIVE, GroupState, UplinkConfig};
 
@@ -82,7 +82,7 @@ pub fn group_state(active_ifindex: u32, active_mac: [u8; 6]) -> GroupState {
 }
 
 impl TwoUplinks {
-    pub fn new(mode: XdpAttachMode) -> Self {
+    pub fn new(mode: IngressMode) -> Self {
         let host = Netns::new("h");
         let gw1_ns = Netns::new("g");
         let gw2_ns = Netns::new("g");
@@ -93,7 +93,7 @@ impl TwoUplinks {
         host.veth("up1", UP1_MAC, &gw1_ns, "gw1", GW1_MAC);
         host.veth("up2", UP2_MAC, &gw2_ns, "gw2", GW2_MAC);
         let pins = PinDir::new();
-        let opts = DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: mode, carrier_reads: true };
+        let opts = DatapathOptions { ingress: mode, ..DatapathOptions::new(pins.path()) };
         let (dp, up1, up2, bridge1, bridge2) = host.run(|| {
             let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
             assert_eq!(

@@ -129,7 +129,7 @@ fn a_reload_that_changes_the_topology_moves_no_state_and_loses_nothing_elsewhere
         .collect();
     assert!(!links.iter().any(|l| l.contains("-up5-")), "up5 still attached: {links:?}");
     assert!(
-        links.iter().any(|l| l.starts_with("xdp-up6-")) && links.iter().any(|l| l.starts_with("tc-up6-")),
+        links.iter().any(|l| l.starts_with("tci-up6-")) && links.iter().any(|l| l.starts_with("tc-up6-")),
         "{links:?}"
     );
     let events =

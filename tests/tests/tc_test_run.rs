@@ -14,7 +14,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use failover_agent::datapath::{
-    Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode,
+    Datapath, DatapathOptions, EbpfDatapath, IngressMode,
     ebpf::{carrier_globals, global_values, ifindex, object},
 };
 use failover_common::{
@@ -42,7 +42,7 @@ struct Rig {
 impl Rig {
     fn new(pins: &PinDir) -> Self {
         let opts =
-            DatapathOptions { pin_dir: pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Skb, carrier_reads: true };
+            DatapathOptions { ingress: IngressMode::XdpGeneric, ..DatapathOptions::new(pins.path().to_path_buf()) };
         let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
         assert_eq!(dp.kernel_carrier(), failover_agent::datapath::KernelCarrier::On);
         for (i, name, mac) in [(0, "up1", UP1_MAC), (1, "up2", UP2_MAC)] {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use failover_agent::datapath::{AttachOutcome, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode};
+use failover_agent::datapath::{AttachOutcome, Datapath, DatapathOptions, EbpfDatapath, IngressMode};
 use failover_common::{
     PROBE_MARK,
     frame::{ARP_OP_REPLY, ARP_OP_REQUEST, Arp, BROADCAST_MAC, EthHeader},
@@ -23,7 +23,7 @@ fn inactive_uplink_egress_is_redirected_with_the_gateway_mac_rewritten() {
     if !privileged("inactive_uplink_egress_is_redirected_with_the_gateway_mac_rewritten") {
         return;
     }
-    let mut t = TwoUplinks::new(XdpAttachMode::Native);
+    let mut t = TwoUplinks::new(IngressMode::XdpNative);
     // up1 is active: the bridge (stale MAC table) sends to the old gateway via up2.
     t.bridge2.send(&vm_frame(GW2_MAC, 1, 1)).unwrap();
     let at_gw1 = arrivals(&t.gw1, 1, SETTLE);
@@ -77,7 +77,7 @@ fn probes_stay_on_their_uplink() {
     if !privileged("probes_stay_on_their_uplink") {
         return;
     }
-    let t = TwoUplinks::new(XdpAttachMode::Native);
+    let t = TwoUplinks::new(IngressMode::XdpNative);
     // up1 active; the agent's marked probe out of the standby up2 stays there.
     let probe_socket = t.host.run(|| PacketSocket::open("up2").unwrap());
     probe_socket.set_mark(PROBE_MARK).unwrap();
@@ -109,7 +109,7 @@ fn broadcast_leaves_once_through_the_active_uplink() {
     if !privileged("broadcast_leaves_once_through_the_active_uplink") {
         return;
     }
-    let t = TwoUplinks::new(XdpAttachMode::Native);
+    let t = TwoUplinks::new(IngressMode::XdpNative);
     // The bridge floods a VM's broadcast to both uplinks.
     for seq in 0..5 {
         t.bridge1.send(&vm_frame(BROADCAST_MAC, 4, seq)).unwrap();
@@ -131,7 +131,7 @@ fn inactive_uplink_ingress_is_dropped_and_replies_are_consumed() {
     if !privileged("inactive_uplink_ingress_is_dropped_and_replies_are_consumed") {
         return;
     }
-    let t = TwoUplinks::new(XdpAttachMode::Native);
+    let t = TwoUplinks::new(IngressMode::XdpNative);
     let from_gw = |dst: [u8; 6], stream| test_frame(dst, GW1_MAC, GW_IP, VM_IP, stream, 0);
     t.gw2.send(&from_gw(VM_MAC, 6)).unwrap();
     t.gw1.send(&from_gw(VM_MAC, 7)).unwrap();
@@ -179,9 +179,8 @@ fn reloading_reuses_the_pins_and_loses_nothing() {
     if !privileged("reloading_reuses_the_pins_and_loses_nothing") {
         return;
     }
-    let mut t = TwoUplinks::new(XdpAttachMode::Native);
-    let opts =
-        DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native, carrier_reads: true };
+    let mut t = TwoUplinks::new(IngressMode::XdpNative);
+    let opts = DatapathOptions { ingress: IngressMode::XdpNative, ..DatapathOptions::new(t.pins.path().to_path_buf()) };
     // Traffic through the inactive uplink only arrives while the TC program
     // keeps redirecting it: any gap in the datapath shows as loss.
     let sender = t.host.run(|| PacketSocket::open("up2").unwrap());
@@ -223,7 +222,7 @@ fn skb_mode_works_the_same() {
     if !privileged("skb_mode_works_the_same") {
         return;
     }
-    let mut t = TwoUplinks::new(XdpAttachMode::Skb);
+    let mut t = TwoUplinks::new(IngressMode::XdpGeneric);
     t.bridge2.send(&vm_frame(GW2_MAC, 9, 1)).unwrap();
     let at_gw1 = arrivals(&t.gw1, 9, SETTLE);
     assert_eq!(at_gw1.len(), 1);
@@ -241,7 +240,7 @@ fn uninstall_detaches_everything() {
     if !privileged("uninstall_detaches_everything") {
         return;
     }
-    let mut t = TwoUplinks::new(XdpAttachMode::Skb);
+    let mut t = TwoUplinks::new(IngressMode::XdpGeneric);
     let link_details = |t: &TwoUplinks| {
         let out =
             std::process::Command::new("ip").args(["-n", t.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
@@ -265,9 +264,9 @@ fn attaching_to_a_missing_interface_names_it_and_leaves_nothing() {
     if !privileged("attaching_to_a_missing_interface_names_it_and_leaves_nothing") {
         return;
     }
-    let t = TwoUplinks::new(XdpAttachMode::Skb);
+    let t = TwoUplinks::new(IngressMode::XdpGeneric);
     let opts =
-        DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Skb, carrier_reads: true };
+        DatapathOptions { ingress: IngressMode::XdpGeneric, ..DatapathOptions::new(t.pins.path().to_path_buf()) };
     t.host.run(|| {
         let mut dp = EbpfDatapath::open(&opts).unwrap();
         let err = dp.attach_uplink("eth9", &uplink(5, UP1_MAC)).unwrap_err();
@@ -277,7 +276,7 @@ fn attaching_to_a_missing_interface_names_it_and_leaves_nothing() {
     });
     // Native XDP on loopback fails after the configuration was written and
     // before TC is attached: all of it must be undone.
-    let native = DatapathOptions { xdp_mode: XdpAttachMode::Native, ..opts.clone() };
+    let native = DatapathOptions { ingress: IngressMode::XdpNative, ..opts.clone() };
     t.host.run(|| {
         let mut dp = EbpfDatapath::open(&native).unwrap();
         let err = dp.attach_uplink("lo", &uplink(7, UP1_MAC)).unwrap_err();

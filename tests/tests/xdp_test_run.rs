@@ -11,7 +11,7 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use failover_agent::datapath::{
-    Counters, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode,
+    Counters, Datapath, DatapathOptions, EbpfDatapath, IngressMode,
     ebpf::{ifindex, object},
 };
 use failover_common::{
@@ -76,11 +76,8 @@ fn cfg_up3() -> UplinkConfig {
 impl Rig {
     /// Must run inside `host`'s namespace.
     fn new(pins: &PinDir) -> Self {
-        let opts = DatapathOptions {
-            pin_dir: pins.path().to_path_buf(),
-            xdp_mode: XdpAttachMode::Native,
-            carrier_reads: true,
-        };
+        let opts =
+            DatapathOptions { ingress: IngressMode::XdpNative, ..DatapathOptions::new(pins.path().to_path_buf()) };
         let mut dp = EbpfDatapath::open(&opts).expect("open datapath");
         dp.attach_uplink("up1", &config(0, 0, UP1_MAC)).expect("attach up1");
         dp.attach_uplink("up2", &config(1, 0, UP2_MAC)).expect("attach up2");

@@ -11,7 +11,7 @@ use crate::{
     config::format_mac,
     control::{self, EventKind},
     datapath::Datapath,
-    failover::{Action, Decider, alarm_message},
+    failover::{Action, Decider},
     probe::{ProbeSpec, ProbeTransport, probe_frame},
 };
 
@@ -52,7 +52,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                 }
                 Action::MirrorToOvs { group, .. } => self.ovs_desire(group),
                 Action::RaiseAlarm(alarm) => {
-                    let message = alarm_message(&self.config, &alarm);
+                    let message = self.alarm_text(&alarm);
                     let group = self.config.groups[alarm.group].name.clone();
                     let kind = control::AlarmCode::from(alarm.kind);
                     warn!(target: "failover_agent::alarm", group = %group, kind = kind.as_str(), state = "raised", "{message}");
@@ -62,7 +62,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     self.dirty = true;
                 }
                 Action::ClearAlarm(alarm) => {
-                    let message = alarm_message(&self.config, &alarm);
+                    let message = self.alarm_text(&alarm);
                     let group = self.config.groups[alarm.group].name.clone();
                     let kind = control::AlarmCode::from(alarm.kind);
                     info!(target: "failover_agent::alarm", group = %group, kind = kind.as_str(), state = "cleared", "{message}");

@@ -53,8 +53,9 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     }
                 }
                 if !self.topo.rt(g, u).attached {
-                    // Without the datapath the uplink can be neither probed nor used.
-                    Link::Down
+                    // Without the datapath the uplink can be neither probed
+                    // nor used; its own alarm says so (not "replace NIC").
+                    Link::Detached
                 } else if ev.state == LinkState::Up {
                     Link::Up
                 } else {

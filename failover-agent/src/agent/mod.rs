@@ -304,13 +304,23 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         let ifname = self.config.groups[g].uplinks[u].interface.clone();
         match self.dp.attach_uplink(&ifname, &cfg) {
             Ok(outcome) => {
-                self.topo.rt_mut(g, u).attached = true;
-                let how = if outcome == AttachOutcome::Reused { "reused the pinned programs" } else { "attached" };
-                info!(interface = %ifname, slot = cfg.slot, "{how}");
+                let rt = self.topo.rt_mut(g, u);
+                rt.attached = true;
+                rt.attach_error = None;
+                let how = if outcome == AttachOutcome::Reused {
+                    "kept the pinned hooks, with this agent's programs"
+                } else {
+                    "attached"
+                };
+                let hooks = self.dp.hooks();
+                info!(interface = %ifname, slot = cfg.slot, ingress = %hooks.ingress, tc = hooks.tc.as_str(), "{how}");
             }
             Err(e) => {
-                self.topo.rt_mut(g, u).attached = false;
-                error!(interface = %ifname, error = %anyhow::Error::from(e), "attaching the datapath");
+                let why = format!("{:#}", anyhow::Error::from(e));
+                error!(target: "failover_agent::alarm", interface = %ifname, error = %why, "datapath not attached on {ifname}: {why}");
+                let rt = self.topo.rt_mut(g, u);
+                rt.attached = false;
+                rt.attach_error = Some(why);
             }
         }
     }
@@ -396,7 +406,12 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
 
     /// Sets the gauges (a scrape is about to read them).
     pub fn refresh_metrics(&self) {
-        let facts = |g, u| UplinkFacts { kernel_carrier: self.kernel_reads_carrier(g, u) };
+        let hooks = self.dp.hooks();
+        let facts = |g, u| UplinkFacts {
+            kernel_carrier: self.kernel_reads_carrier(g, u),
+            attached: self.topo.rt(g, u).attached,
+            hooks: (hooks.ingress.as_str(), hooks.tc.as_str()),
+        };
         let reachable = self.ovs.as_ref().map(|o| move |b: &str| o.bridge_reachable(b));
         let reachable_dyn: Option<&dyn Fn(&str) -> bool> = reachable.as_ref().map(|f| f as &dyn Fn(&str) -> bool);
         self.telemetry.refresh(&self.config, &self.core, facts, reachable_dyn);
@@ -574,7 +589,8 @@ async fn run_async(config: Config, config_path: &std::path::Path) -> anyhow::Res
     use tokio::signal::unix::{SignalKind, signal};
     let dp = EbpfDatapath::open(&DatapathOptions {
         pin_dir: config.agent.bpf_pin_dir.clone(),
-        xdp_mode: config.agent.xdp_mode,
+        ingress: config.agent.ingress,
+        tc_attach: config.agent.tc_attach,
         carrier_reads: config.agent.kernel_failover,
     })
     .context("opening the datapath")?;

@@ -4,7 +4,7 @@
 use crate::{
     control::{AgentInfo, AlarmCode, AlarmStatus, GroupStatus, OvsStatus, Status, SwitchoverStatus, UplinkStatus},
     datapath::{Datapath, KernelCarrier},
-    failover::{Gateway, Link, alarm_message},
+    failover::{Alarm, AlarmKind, Gateway, Link, alarm_message},
     probe::ProbeTransport,
 };
 
@@ -17,6 +17,18 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
         self.kernel_carrier == KernelCarrier::On
             && rt.attached
             && rt.ifindex.is_some_and(|i| self.dp.device(rt.slot.0).is_ok_and(|d| d.addr != 0 && d.ifindex == i))
+    }
+
+    /// An alarm's text; for a datapath not attached, with the reason.
+    pub(super) fn alarm_text(&self, a: &Alarm) -> String {
+        let base = alarm_message(&self.config, a);
+        match (a.kind, a.uplink) {
+            (AlarmKind::NotAttached, Some(u)) => match &self.topo.rt(a.group, u).attach_error {
+                Some(why) => format!("{base}: {why}"),
+                None => base,
+            },
+            _ => base,
+        }
     }
 
     /// The whole state, for `status`.
@@ -68,6 +80,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                                 replies: rt.counters.valid_replies,
                                 replies_rejected: rt.counters.rejected_replies,
                                 kernel_carrier: self.kernel_reads_carrier(g, u),
+                                attach_error: rt.attach_error.clone(),
                             }
                         })
                         .collect(),
@@ -90,7 +103,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     group: group.name.clone(),
                     uplink: a.uplink.map(|u| group.uplinks[u].name.clone()),
                     kind: a.kind.into(),
-                    message: alarm_message(&self.config, a),
+                    message: self.alarm_text(a),
                     since_unix_ms: self.journal.alarm_since.get(a).copied().unwrap_or_default(),
                 }
             })
@@ -106,6 +119,8 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     KernelCarrier::On => None,
                     KernelCarrier::Off(why) => Some(why.clone()),
                 },
+                ingress: self.dp.hooks().ingress.as_str().to_string(),
+                tc_attach: self.dp.hooks().tc.as_str().to_string(),
             }),
             groups,
             alarms,

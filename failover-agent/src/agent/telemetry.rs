@@ -24,6 +24,9 @@ pub struct Telemetry {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UplinkFacts {
     pub kernel_carrier: bool,
+    pub attached: bool,
+    /// The ingress mode and TC attach kind, as metric label values.
+    pub hooks: (&'static str, &'static str),
 }
 
 impl Telemetry {
@@ -84,7 +87,11 @@ impl Telemetry {
                 m.gateway_reachable
                     .with_label_values(&labels)
                     .set(i64::from(view.is_some_and(|v| v.gateway == Gateway::Up)));
-                m.kernel_carrier.with_label_values(&labels).set(i64::from(facts(g, u).kernel_carrier));
+                let f = facts(g, u);
+                m.kernel_carrier.with_label_values(&labels).set(i64::from(f.kernel_carrier));
+                m.datapath_attached
+                    .with_label_values(&[group.name.as_str(), uplink.name.as_str(), f.hooks.0, f.hooks.1])
+                    .set(i64::from(f.attached));
                 flapping |= view.is_some_and(|v| v.flapping);
                 for (part, kind) in [("nic", Part::Nic), ("gateway", Part::Gateway)] {
                     let raised = core

@@ -130,6 +130,10 @@ impl Datapath for FakeDp {
     fn kernel_carrier(&self) -> KernelCarrier {
         KernelCarrier::On
     }
+
+    fn hooks(&self) -> crate::datapath::Hooks {
+        crate::datapath::Hooks { ingress: crate::datapath::IngressMode::Tc, tc: crate::datapath::TcKind::Tcx }
+    }
 }
 
 /// Probes that are answered, in the fake kernel's counters, by the

@@ -58,6 +58,8 @@ pub struct UplinkRt {
     pub ifindex: Option<u32>,
     pub mac: Option<[u8; 6]>,
     pub attached: bool,
+    /// Why the datapath could not be attached (the last attempt's error).
+    pub attach_error: Option<String>,
     pub probes_sent: u64,
     pub probe_failing: bool,
     pub counters: Counters,

@@ -8,10 +8,13 @@
 //!   another layout (an older agent) are not reused: their programs are
 //!   detached and their maps removed before the new ones are pinned, so new
 //!   user space is never paired with old programs or old map layouts;
-//! - `links/xdp-<ifname>-<ifindex>`, `links/tc-<ifname>-<ifindex>`: the
-//!   program links. A link pin keeps its program attached after the agent
-//!   exits; a later attach finds the pin and leaves the link alone. The
-//!   ifindex in the name tells a re-created interface from the old one.
+//! - `links/<hook>-<ifname>-<ifindex>`: one per program attached to an
+//!   uplink ([`Pin`]: `xdp`, `xdpn`, `tci`, `tc` are pinned links; `tcinl`,
+//!   `tcnl` mark a netlink tc filter, found again by its priority and
+//!   handle, with its program pinned). A pin keeps its program attached
+//!   after the agent exits; a later attach gives the same link (or filter)
+//!   its own program in one atomic replace. The ifindex in the name tells a
+//!   re-created interface from the old one.
 
 use std::{
     ffi::CString,
@@ -23,19 +26,25 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        Link as _, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        xdp::XdpLink,
     },
+    util::KernelVersion,
 };
 use failover_common::{
     DEV_WINDOW_LEN, DevRef, GLOBAL_CARRIER_READS, GLOBAL_DEV_FLAGS, GLOBAL_DEV_IFINDEX, GLOBAL_DEV_STATE,
     GLOBAL_DEV_WINDOW, GLOBAL_SKB_DEV, GroupState, KernelSwitch, LAYOUT_VERSION, MAP_DEVS, MAP_GROUPS, MAP_KEVENTS,
-    MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAPS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_XDP, ProbeCount, UplinkConfig,
-    UplinkStats,
+    MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAPS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, PROG_XDP_FRAGS,
+    ProbeCount, UplinkConfig, UplinkStats,
 };
 use tracing::{debug, info, warn};
 
-use super::{AttachOutcome, Counters, Datapath, DatapathError, DatapathOptions, KernelCarrier, XdpAttachMode, btf};
+use super::{
+    AttachOutcome, Counters, Datapath, DatapathError, DatapathOptions, ENV_TC_ATTACH, Hooks, IngressMode,
+    KernelCarrier, TcAttach, TcKind, btf,
+};
 
 /// The eBPF object built by `build.rs`.
 #[cfg(not(failover_ebpf_missing))]
@@ -55,11 +64,98 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct EbpfDatapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
-    xdp_mode: XdpAttachMode,
-    xdp_loaded: bool,
-    tc_loaded: bool,
+    hooks: Hooks,
+    /// Programs loaded into the kernel so far (by name).
+    loaded: Vec<&'static str>,
+    /// Pins whose hook runs this process's program (attached or replaced
+    /// by it): a later attach leaves them alone.
+    current: std::collections::BTreeSet<PathBuf>,
     kevents: Option<RingBuf<MapData>>,
     carrier: KernelCarrier,
+}
+
+/// One program attached to an uplink, as its pin under `links/` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pin {
+    /// Generic XDP, a pinned link (the first agents' `xdp-` pins too).
+    XdpGeneric,
+    /// Native XDP (frags), a pinned link.
+    XdpNative,
+    /// TC ingress, a pinned TCX link.
+    TcxIngress,
+    /// TC egress, a pinned TCX link.
+    TcxEgress,
+    /// TC ingress, a netlink filter (its program pinned).
+    NlIngress,
+    /// TC egress, a netlink filter (its program pinned).
+    NlEgress,
+}
+
+/// The priority and handle of the agent's netlink tc filters: first in
+/// line, and found again by them after a restart.
+const NL_PRIORITY: u16 = 1;
+const NL_HANDLE: TcHandle = TcHandle::new(0, 0xfa11);
+
+impl Pin {
+    /// Longest prefix first, so that `tcnl-` is not read as `tc-`... (each
+    /// prefix is followed by `-`, which already keeps them apart).
+    const ALL: [Self; 6] =
+        [Self::NlIngress, Self::NlEgress, Self::XdpNative, Self::TcxIngress, Self::XdpGeneric, Self::TcxEgress];
+
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::XdpGeneric => "xdp",
+            Self::XdpNative => "xdpn",
+            Self::TcxIngress => "tci",
+            Self::TcxEgress => "tc",
+            Self::NlIngress => "tcinl",
+            Self::NlEgress => "tcnl",
+        }
+    }
+
+    fn program(self) -> &'static str {
+        match self {
+            Self::XdpGeneric => PROG_XDP,
+            Self::XdpNative => PROG_XDP_FRAGS,
+            Self::TcxIngress | Self::NlIngress => PROG_TC_INGRESS,
+            Self::TcxEgress | Self::NlEgress => PROG_TC_EGRESS,
+        }
+    }
+
+    fn tc_type(self) -> TcAttachType {
+        match self {
+            Self::TcxIngress | Self::NlIngress => TcAttachType::Ingress,
+            _ => TcAttachType::Egress,
+        }
+    }
+
+    /// The pins an uplink has under these hooks: ingress first.
+    pub fn wanted(hooks: Hooks) -> [Self; 2] {
+        let netlink = hooks.tc == TcKind::Netlink;
+        let ingress = match hooks.ingress {
+            IngressMode::XdpGeneric => Self::XdpGeneric,
+            IngressMode::XdpNative => Self::XdpNative,
+            IngressMode::Tc if netlink => Self::NlIngress,
+            IngressMode::Tc => Self::TcxIngress,
+        };
+        [ingress, if netlink { Self::NlEgress } else { Self::TcxEgress }]
+    }
+}
+
+/// What [`TcAttach`] resolves to on this kernel ([`ENV_TC_ATTACH`] first).
+pub fn tc_kind(asked: TcAttach) -> Result<TcKind, String> {
+    let asked = match std::env::var(ENV_TC_ATTACH) {
+        Ok(v) => v.parse::<TcAttach>().map_err(|e| format!("{ENV_TC_ATTACH}: {e}"))?,
+        Err(_) => asked,
+    };
+    Ok(match asked {
+        TcAttach::Tcx => TcKind::Tcx,
+        TcAttach::Netlink => TcKind::Netlink,
+        TcAttach::Auto => match KernelVersion::current() {
+            Ok(v) if v >= KernelVersion::new(6, 6, 0) => TcKind::Tcx,
+            _ => TcKind::Netlink,
+        },
+    })
 }
 
 /// The globals that turn the programs' carrier reads on: offsets within a
@@ -131,10 +227,10 @@ fn layout_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(format!("layout-v{LAYOUT_VERSION}"))
 }
 
-/// Whether the pin directory holds a datapath of another layout: maps or
-/// links pinned without a `layout-v*` directory (the first agents made
-/// none), or another version's.
-fn foreign_layout(pin_dir: &Path) -> Option<String> {
+/// The layout of the datapath pinned in `pin_dir` when it is not this
+/// agent's: maps or links pinned without a `layout-v*` directory (the
+/// first agents made none) are layout 1.
+fn foreign_layout(pin_dir: &Path) -> Option<u32> {
     let names: Vec<String> = fs::read_dir(pin_dir)
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
@@ -142,11 +238,35 @@ fn foreign_layout(pin_dir: &Path) -> Option<String> {
     if names.contains(&mine) {
         return None;
     }
-    if let Some(other) = names.iter().find_map(|n| n.strip_prefix("layout-v")) {
-        return Some(other.to_string());
+    if let Some(other) = names.iter().find_map(|n| n.strip_prefix("layout-v")?.parse().ok()) {
+        return Some(other);
     }
     let any = |sub: &str| fs::read_dir(pin_dir.join(sub)).is_ok_and(|mut d| d.next().is_some());
-    (any("maps") || any("links")).then(|| "1 (no layout directory)".to_string())
+    (any("maps") || any("links")).then_some(1)
+}
+
+/// Makes way for this agent's maps over an older layout: its map pins and
+/// layout directory go; its program pins stay, so each uplink's programs
+/// are replaced in place (atomically) when it is attached, and traffic
+/// never meets an uplink without programs. (The old programs keep their
+/// old maps until then.)
+fn retire_layout(pin_dir: &Path) -> Result<(), DatapathError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DatapathError::PinDir { path, source }
+    };
+    let maps = pin_dir.join("maps");
+    if let Ok(entries) = fs::read_dir(&maps) {
+        for entry in entries.flatten() {
+            fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+        }
+    }
+    for entry in fs::read_dir(pin_dir).map_err(io(pin_dir))?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with("layout-v") {
+            fs::remove_dir_all(entry.path()).map_err(io(&entry.path()))?;
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for EbpfDatapath {
@@ -208,22 +328,90 @@ fn map_ref<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a aya::maps::Map,
     ebpf.map(name).ok_or_else(|| missing_map(name))
 }
 
-fn link_pin(pin_dir: &Path, kind: &str, ifname: &str, ifindex: u32) -> PathBuf {
-    pin_dir.join("links").join(format!("{kind}-{ifname}-{ifindex}"))
+fn link_pin(pin_dir: &Path, pin: Pin, ifname: &str, ifindex: u32) -> PathBuf {
+    pin_dir.join("links").join(format!("{}-{ifname}-{ifindex}", pin.prefix()))
 }
 
-/// Unpins a link and closes it, which detaches its program (nobody else
-/// holds it: the agent never keeps link fds besides the pins).
-fn detach_pinned(path: &Path, ifname: &str) -> Result<(), DatapathError> {
+fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
+
+/// Detaches what the pin at `path` holds and removes the pin: a link is
+/// unpinned and closed (nobody else holds it: the agent keeps no link fds
+/// besides the pins); a netlink filter is deleted by priority and handle
+/// (if `ifname` still is the interface of that ifindex) and its program
+/// pin removed.
+fn detach_pin(path: &Path, pin: Pin, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
     let err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::Detach {
         ifname: ifname.to_string(),
         path: path.to_path_buf(),
         source,
     };
-    let pinned = PinnedLink::from_pin(path).map_err(|e| err(Box::new(e)))?;
-    let link = pinned.unpin().map_err(|e| err(Box::new(e)))?;
-    drop(link);
-    Ok(())
+    match pin {
+        Pin::NlIngress | Pin::NlEgress => {
+            if ifindex_of(ifname) == Some(ifindex) {
+                let link = SchedClassifierLink::attached(ifname, pin.tc_type(), NL_PRIORITY, NL_HANDLE, None)
+                    .map_err(|e| err(boxed(e)))?;
+                match link.detach() {
+                    Ok(()) => {}
+                    // Already gone (the qdisc was removed): nothing to detach.
+                    Err(e) if is_enoent(&e) => {}
+                    Err(e) => return Err(err(boxed(e))),
+                }
+            }
+            fs::remove_file(path).map_err(|e| err(boxed(e)))
+        }
+        _ => {
+            let pinned = PinnedLink::from_pin(path).map_err(|e| err(boxed(e)))?;
+            let link = pinned.unpin().map_err(|e| err(boxed(e)))?;
+            drop(link);
+            Ok(())
+        }
+    }
+}
+
+/// Whether a program error is the kernel's ENOENT (the filter is not there).
+fn is_enoent(e: &aya::programs::ProgramError) -> bool {
+    is_errno(e, libc::ENOENT)
+}
+
+/// Whether the kernel's answer somewhere in `e`'s chain is `errno`.
+fn is_errno(e: &aya::programs::ProgramError, errno: i32) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(errno)
+        {
+            return true;
+        }
+        if let Some(tc::TcError::NetlinkError(nl)) = s.downcast_ref::<tc::TcError>()
+            && nl.raw_os_error() == Some(errno)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn ifindex_of(ifname: &str) -> Option<u32> {
+    ifindex(ifname).ok()
+}
+
+/// Every pin under `links/`: its path, hook, interface name and ifindex.
+fn pins(pin_dir: &Path) -> Vec<(PathBuf, Pin, String, u32)> {
+    let Ok(entries) = fs::read_dir(pin_dir.join("links")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let (pin, ifname, ifindex) = parse_link_pin(&e.file_name().to_string_lossy())?;
+            Some((e.path(), pin, ifname, ifindex))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 impl EbpfDatapath {
@@ -234,17 +422,28 @@ impl EbpfDatapath {
         if !on_bpffs(&opts.pin_dir) {
             return Err(DatapathError::NotBpffs { path: opts.pin_dir.clone() });
         }
-        if let Some(found) = foreign_layout(&opts.pin_dir) {
-            // An older agent's datapath: its programs read maps of another
-            // layout. Replace it whole (traffic passes untouched meanwhile:
-            // the programs fail open, the bridge's rules keep steering).
-            warn!(pin_dir = %opts.pin_dir.display(), found, want = LAYOUT_VERSION, "replacing a datapath of another layout");
-            Self::uninstall(&opts.pin_dir).map_err(|e| DatapathError::Upgrade {
-                path: opts.pin_dir.clone(),
-                found: found.clone(),
-                want: LAYOUT_VERSION,
-                source: Box::new(e),
-            })?;
+        let tc = tc_kind(opts.tc_attach).map_err(|e| DatapathError::LoadProgram {
+            program: PROG_TC_EGRESS,
+            source: aya::programs::ProgramError::IOError(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)),
+        })?;
+        let hooks = Hooks { ingress: opts.ingress, tc };
+        match foreign_layout(&opts.pin_dir) {
+            None => {}
+            Some(found) if found > LAYOUT_VERSION => {
+                return Err(DatapathError::Downgrade { path: opts.pin_dir.clone(), found, want: LAYOUT_VERSION });
+            }
+            Some(found) => {
+                // An older agent's datapath: its programs read maps of
+                // another layout. New maps; the old programs are replaced
+                // in their links as each uplink is attached.
+                warn!(pin_dir = %opts.pin_dir.display(), found, want = LAYOUT_VERSION, "upgrading a datapath of an older layout");
+                retire_layout(&opts.pin_dir).map_err(|e| DatapathError::Upgrade {
+                    path: opts.pin_dir.clone(),
+                    found: found.to_string(),
+                    want: LAYOUT_VERSION,
+                    source: Box::new(e),
+                })?;
+            }
         }
         for sub in ["maps", "links"] {
             let path = opts.pin_dir.join(sub);
@@ -256,14 +455,14 @@ impl EbpfDatapath {
         // accepts them (lockdown refuses `bpf_probe_read_kernel`), else
         // without: the agent then decides link faults itself.
         let loaded = carrier_globals(opts.carrier_reads).and_then(|g| {
-            Self::load(opts, object, Some(g))
+            Self::load(opts, hooks, object, Some(g))
                 .map_err(|e| format!("the kernel refused the programs that read carrier: {}", anyhow::Error::from(e)))
         });
         let mut this = match loaded {
             Ok(this) => this,
             Err(why) => {
                 warn!(reason = %why, "the kernel does not read carrier; the agent decides link faults itself");
-                let mut this = Self::load(opts, object, None)?;
+                let mut this = Self::load(opts, hooks, object, None)?;
                 this.carrier = KernelCarrier::Off(why);
                 this
             }
@@ -277,8 +476,15 @@ impl EbpfDatapath {
         Ok(this)
     }
 
-    /// Loads the object (with the carrier globals, if given) and both programs.
-    fn load(opts: &DatapathOptions, object: &[u8], globals: Option<CarrierGlobals>) -> Result<Self, DatapathError> {
+    /// Loads the object (with the carrier globals, if given) and the
+    /// programs the hooks need (only those: a kernel without XDP frags
+    /// need not load the native XDP program).
+    fn load(
+        opts: &DatapathOptions,
+        hooks: Hooks,
+        object: &[u8],
+        globals: Option<CarrierGlobals>,
+    ) -> Result<Self, DatapathError> {
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(opts.pin_dir.join("maps"));
         let values = global_values(globals);
@@ -290,14 +496,18 @@ impl EbpfDatapath {
         let mut this = Self {
             ebpf,
             pin_dir: opts.pin_dir.clone(),
-            xdp_mode: opts.xdp_mode,
-            xdp_loaded: false,
-            tc_loaded: false,
+            hooks,
+            loaded: Vec::new(),
+            current: std::collections::BTreeSet::new(),
             kevents: None,
             carrier: KernelCarrier::On,
         };
-        this.xdp()?;
-        this.tc()?;
+        for pin in Pin::wanted(hooks) {
+            match pin {
+                Pin::XdpGeneric | Pin::XdpNative => drop(this.xdp(pin.program())?),
+                _ => drop(this.tc(pin.program())?),
+            }
+        }
         Ok(this)
     }
 
@@ -306,16 +516,26 @@ impl EbpfDatapath {
         &self.pin_dir
     }
 
-    /// Detaches every pinned link under `pin_dir` and removes the pins,
+    /// Detaches every program pinned under `pin_dir` and removes the pins,
     /// maps included: the datapath is gone after this.
     pub fn uninstall(pin_dir: &Path) -> Result<Vec<PathBuf>, DatapathError> {
         let mut removed = Vec::new();
-        let links = pin_dir.join("links");
-        if let Ok(entries) = fs::read_dir(&links) {
+        for (path, pin, ifname, ifindex) in pins(pin_dir) {
+            detach_pin(&path, pin, &ifname, ifindex)?;
+            removed.push(path);
+        }
+        // Anything else under links/ has a name we do not know: a link is
+        // detached by closing it, anything else just unpinned.
+        if let Ok(entries) = fs::read_dir(pin_dir.join("links")) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                let name = entry.file_name().to_string_lossy().into_owned();
-                detach_pinned(&path, &name)?;
+                if let Ok(pinned) = PinnedLink::from_pin(&path)
+                    && let Ok(link) = pinned.unpin()
+                {
+                    drop(link);
+                } else {
+                    fs::remove_file(&path).map_err(|source| DatapathError::PinDir { path: path.clone(), source })?;
+                }
                 removed.push(path);
             }
         }
@@ -326,72 +546,134 @@ impl EbpfDatapath {
         Ok(removed)
     }
 
-    fn xdp(&mut self) -> Result<&mut Xdp, DatapathError> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROG_XDP)
-            .ok_or(DatapathError::LoadProgram { program: PROG_XDP, source: aya::programs::ProgramError::NotLoaded })?
-            .try_into()
-            .map_err(|source| DatapathError::LoadProgram { program: PROG_XDP, source })?;
-        if !self.xdp_loaded {
-            prog.load().map_err(|source| DatapathError::LoadProgram { program: PROG_XDP, source })?;
-            self.xdp_loaded = true;
+    /// The XDP program `name`, loaded into the kernel on first use.
+    fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, DatapathError> {
+        let err = |source| DatapathError::LoadProgram { program: name, source };
+        let first = !self.loaded.contains(&name);
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(name).ok_or(err(aya::programs::ProgramError::NotLoaded))?.try_into().map_err(err)?;
+        if first {
+            prog.load().map_err(err)?;
+            self.loaded.push(name);
         }
         Ok(prog)
     }
 
-    fn tc(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(PROG_TC_EGRESS)
-            .ok_or(DatapathError::LoadProgram {
-                program: PROG_TC_EGRESS,
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| DatapathError::LoadProgram { program: PROG_TC_EGRESS, source })?;
-        if !self.tc_loaded {
-            prog.load().map_err(|source| DatapathError::LoadProgram { program: PROG_TC_EGRESS, source })?;
-            self.tc_loaded = true;
+    /// The TC program `name`, loaded into the kernel on first use.
+    fn tc(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        let err = |source| DatapathError::LoadProgram { program: name, source };
+        let first = !self.loaded.contains(&name);
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut(name).ok_or(err(aya::programs::ProgramError::NotLoaded))?.try_into().map_err(err)?;
+        if first {
+            prog.load().map_err(err)?;
+            self.loaded.push(name);
         }
         Ok(prog)
     }
 
-    /// Attaches the XDP program to `ifname` and pins its link at `pin`.
-    fn attach_xdp(&mut self, ifname: &str, ifindex: u32, pin: &Path) -> Result<(), DatapathError> {
-        let flags = match self.xdp_mode {
-            XdpAttachMode::Native => XdpMode::Driver,
-            XdpAttachMode::Skb => XdpMode::Skb,
-        };
-        let attach_err = |source| DatapathError::Attach { ifname: ifname.to_string(), program: PROG_XDP, source };
-        let prog = self.xdp()?;
-        let id = prog.attach_to_if_index(ifindex, flags).map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
+    /// Attaches `pin`'s program to `ifname` anew and pins it at `path`.
+    fn attach_pin(&mut self, pin: Pin, ifname: &str, ifindex: u32, path: &Path) -> Result<(), DatapathError> {
+        let program = pin.program();
+        let attach_err = |source| DatapathError::Attach { ifname: ifname.to_string(), program, source };
         let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
             ifname: ifname.to_string(),
-            program: PROG_XDP,
-            path: pin.to_path_buf(),
+            program,
+            path: path.to_path_buf(),
             source,
         };
-        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
-        fd_link.pin(pin).map_err(|e| pin_err(Box::new(e)))?;
+        let link = match pin {
+            Pin::XdpGeneric | Pin::XdpNative => {
+                let mode = if pin == Pin::XdpNative { XdpMode::Driver } else { XdpMode::Skb };
+                let prog = self.xdp(program)?;
+                let id = prog.attach_to_if_index(ifindex, mode).map_err(attach_err)?;
+                FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(|e| pin_err(boxed(e)))?
+            }
+            Pin::TcxIngress | Pin::TcxEgress => {
+                let prog = self.tc(program)?;
+                let options = TcAttachOptions::TcxOrder(LinkOrder::default());
+                let id = prog.attach_with_options(ifname, pin.tc_type(), options).map_err(attach_err)?;
+                FdLink::try_from(prog.take_link(id).map_err(attach_err)?).map_err(|e| pin_err(boxed(e)))?
+            }
+            Pin::NlIngress | Pin::NlEgress => {
+                match tc::qdisc_add_clsact(ifname) {
+                    Ok(()) => {}
+                    Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(source) => return Err(DatapathError::Clsact { ifname: ifname.to_string(), source }),
+                }
+                let prog = self.tc(program)?;
+                let options = TcAttachOptions::Netlink(NlOptions {
+                    priority: NL_PRIORITY,
+                    handle: NL_HANDLE,
+                    ..NlOptions::default()
+                });
+                let id = match prog.attach_with_options(ifname, pin.tc_type(), options) {
+                    Ok(id) => id,
+                    // Our filter is there, its pin lost: take it over.
+                    Err(e) if is_errno(&e, libc::EEXIST) => {
+                        let link = SchedClassifierLink::attached(ifname, pin.tc_type(), NL_PRIORITY, NL_HANDLE, None)
+                            .map_err(|e| attach_err(aya::programs::ProgramError::IOError(e)))?;
+                        prog.attach_to_link(link).map_err(attach_err)?
+                    }
+                    Err(e) => return Err(attach_err(e)),
+                };
+                let link = prog.take_link(id).map_err(attach_err)?;
+                if let Err(e) = prog.pin(path) {
+                    drop(link); // detaches the filter: nothing half-attached
+                    return Err(pin_err(boxed(e)));
+                }
+                // The filter outlives this process (it holds the program);
+                // dropping the link would delete it.
+                std::mem::forget(link);
+                return Ok(());
+            }
+        };
+        link.pin(path).map_err(|e| pin_err(boxed(e)))?;
         Ok(())
     }
 
-    /// Attaches the TC egress program (TCX) to `ifname` and pins its link at `pin`.
-    fn attach_tc(&mut self, ifname: &str, pin: &Path) -> Result<(), DatapathError> {
-        let attach_err = |source| DatapathError::Attach { ifname: ifname.to_string(), program: PROG_TC_EGRESS, source };
-        let prog = self.tc()?;
-        let id = prog.attach(ifname, TcAttachType::Egress).map_err(attach_err)?;
-        let link = prog.take_link(id).map_err(attach_err)?;
-        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| DatapathError::PinLink {
+    /// Gives the link (or filter) pinned at `path` this agent's program, in
+    /// one atomic replace: the hook never runs without a program.
+    fn replace_pin(&mut self, pin: Pin, ifname: &str, path: &Path) -> Result<(), DatapathError> {
+        let program = pin.program();
+        let attach_err = |source| DatapathError::Attach { ifname: ifname.to_string(), program, source };
+        let link_err = |e: aya::programs::links::LinkError| DatapathError::Replace {
             ifname: ifname.to_string(),
-            program: PROG_TC_EGRESS,
-            path: pin.to_path_buf(),
-            source,
+            program,
+            path: path.to_path_buf(),
+            source: boxed(e),
         };
-        let fd_link = FdLink::try_from(link).map_err(|e| pin_err(Box::new(e)))?;
-        fd_link.pin(pin).map_err(|e| pin_err(Box::new(e)))?;
+        match pin {
+            Pin::XdpGeneric | Pin::XdpNative => {
+                let link =
+                    XdpLink::try_from(FdLink::from(PinnedLink::from_pin(path).map_err(link_err)?)).map_err(link_err)?;
+                let prog = self.xdp(program)?;
+                let id = prog.attach_to_link(link).map_err(attach_err)?;
+                drop(prog.take_link(id).map_err(attach_err)?); // the pin holds it
+            }
+            Pin::TcxIngress | Pin::TcxEgress => {
+                let link = SchedClassifierLink::try_from(FdLink::from(PinnedLink::from_pin(path).map_err(link_err)?))
+                    .map_err(link_err)?;
+                let prog = self.tc(program)?;
+                let id = prog.attach_to_link(link).map_err(attach_err)?;
+                drop(prog.take_link(id).map_err(attach_err)?);
+            }
+            Pin::NlIngress | Pin::NlEgress => {
+                let link = SchedClassifierLink::attached(ifname, pin.tc_type(), NL_PRIORITY, NL_HANDLE, None)
+                    .map_err(|e| attach_err(aya::programs::ProgramError::IOError(e)))?;
+                let prog = self.tc(program)?;
+                let id = prog.attach_to_link(link).map_err(attach_err)?;
+                std::mem::forget(prog.take_link(id).map_err(attach_err)?);
+                // The pin names the program the filter runs.
+                let _ = fs::remove_file(path);
+                prog.pin(path).map_err(|e| DatapathError::PinLink {
+                    ifname: ifname.to_string(),
+                    program,
+                    path: path.to_path_buf(),
+                    source: boxed(e),
+                })?;
+            }
+        }
         Ok(())
     }
 
@@ -425,22 +707,10 @@ impl EbpfDatapath {
     /// Removes pins of `ifname` left from an interface with another ifindex
     /// (deleted and re-created since): their links are dead.
     fn remove_stale_pins(&self, ifname: &str, ifindex: u32) {
-        let Ok(entries) = fs::read_dir(self.pin_dir.join("links")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            for kind in ["xdp", "tc"] {
-                if let Some(index) = name
-                    .strip_prefix(kind)
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .and_then(|rest| rest.strip_prefix(ifname))
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    && index.parse::<u32>().is_ok_and(|i| i != ifindex)
-                {
-                    debug!(pin = %entry.path().display(), "removing the pin of a re-created interface");
-                    let _ = detach_pinned(&entry.path(), ifname);
-                }
+        for (path, pin, name, index) in pins(&self.pin_dir) {
+            if name == ifname && index != ifindex {
+                debug!(pin = %path.display(), "removing the pin of a re-created interface");
+                let _ = detach_pin(&path, pin, ifname, index);
             }
         }
     }
@@ -457,47 +727,77 @@ impl Datapath for EbpfDatapath {
         }
         let ifindex = ifindex(ifname)?;
         self.remove_stale_pins(ifname, ifindex);
-        let xdp_pin = link_pin(&self.pin_dir, "xdp", ifname, ifindex);
-        let tc_pin = link_pin(&self.pin_dir, "tc", ifname, ifindex);
-        let xdp_reuse = xdp_pin.exists();
-        let tc_reuse = tc_pin.exists();
+        let wanted = Pin::wanted(self.hooks);
+        let paths = wanted.map(|pin| link_pin(&self.pin_dir, pin, ifname, ifindex));
+        let present = paths.clone().map(|p| p.exists());
+        let all_present = present.iter().all(|p| *p);
 
         let previous = self.uplinks()?.get(&ifindex, 0).ok();
         // Counters belong to one uplink in one slot: never inherited by
         // another identity, nor kept across programs attached anew.
         let same = previous.is_some_and(|p| p.ident == config.ident && p.slot == config.slot);
-        if !(xdp_reuse && tc_reuse && same) {
+        if !(all_present && same) {
             self.reset_stats(config.slot)?;
         }
         self.uplinks()?
             .insert(ifindex, *config, 0)
             .map_err(map_err(MAP_UPLINKS, format!("write the entry of {ifname}")))?;
 
-        // Undo on failure: nothing half-attached is left behind.
-        let restore = |this: &mut Self| {
-            if let Ok(mut uplinks) = this.uplinks() {
+        let mut fresh = Vec::new();
+        let mut result = Ok(());
+        for ((pin, path), present) in wanted.into_iter().zip(&paths).zip(present) {
+            if present && self.current.contains(path) {
+                continue;
+            }
+            if present {
+                match self.replace_pin(pin, ifname, path) {
+                    Ok(()) => {
+                        self.current.insert(path.clone());
+                        continue;
+                    }
+                    Err(e) => {
+                        // A link the kernel will not update (dead, or of
+                        // another kind): attach anew instead.
+                        warn!(ifname, pin = %path.display(), error = %anyhow::Error::from(e), "replacing the program failed; attaching anew");
+                        let _ = detach_pin(path, pin, ifname, ifindex);
+                    }
+                }
+            }
+            if let Err(e) = self.attach_pin(pin, ifname, ifindex, path) {
+                result = Err(e);
+                break;
+            }
+            fresh.push((pin, path.clone()));
+        }
+        for (_, path) in &fresh {
+            self.current.insert(path.clone());
+        }
+        if let Err(e) = result {
+            // Undo: nothing half-attached is left behind.
+            for (pin, path) in fresh {
+                let _ = detach_pin(&path, pin, ifname, ifindex);
+            }
+            if let Ok(mut uplinks) = self.uplinks() {
                 let _ = match previous {
                     Some(old) => uplinks.insert(ifindex, old, 0),
                     None => uplinks.remove(&ifindex),
                 };
             }
-        };
-        if !xdp_reuse && let Err(e) = self.attach_xdp(ifname, ifindex, &xdp_pin) {
-            restore(self);
             return Err(e);
         }
-        if !tc_reuse && let Err(e) = self.attach_tc(ifname, &tc_pin) {
-            if !xdp_reuse {
-                let _ = detach_pinned(&xdp_pin, ifname);
+        // Hooks of another mode (the ingress mode or TC attach changed):
+        // detached only now that this mode's programs run.
+        for (path, pin, name, index) in pins(&self.pin_dir) {
+            if name == ifname && index == ifindex && !wanted.contains(&pin) {
+                info!(ifname, pin = %path.display(), "detaching the program of another mode");
+                detach_pin(&path, pin, ifname, ifindex)?;
             }
-            restore(self);
-            return Err(e);
         }
-        let outcome = if xdp_reuse && tc_reuse { AttachOutcome::Reused } else { AttachOutcome::Attached };
+        let outcome = if all_present && fresh.is_empty() { AttachOutcome::Reused } else { AttachOutcome::Attached };
         if outcome == AttachOutcome::Attached {
-            info!(ifname, ifindex, "uplink datapath attached");
+            info!(ifname, ifindex, ingress = %self.hooks.ingress, tc = self.hooks.tc.as_str(), "uplink datapath attached");
         } else {
-            debug!(ifname, ifindex, "uplink datapath in place");
+            debug!(ifname, ifindex, "uplink datapath in place, programs replaced");
         }
         Ok(outcome)
     }
@@ -520,10 +820,9 @@ impl Datapath for EbpfDatapath {
 
     fn detach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError> {
         let ifindex = ifindex(ifname)?;
-        for kind in ["xdp", "tc"] {
-            let pin = link_pin(&self.pin_dir, kind, ifname, ifindex);
-            if pin.exists() {
-                detach_pinned(&pin, ifname)?;
+        for (path, pin, name, index) in pins(&self.pin_dir) {
+            if name == ifname && index == ifindex {
+                detach_pin(&path, pin, ifname, ifindex)?;
             }
         }
         match self.uplinks()?.remove(&ifindex) {
@@ -599,25 +898,17 @@ impl Datapath for EbpfDatapath {
     }
 
     fn attached_interfaces(&self) -> Vec<(String, u32)> {
-        let Ok(entries) = fs::read_dir(self.pin_dir.join("links")) else {
-            return Vec::new();
-        };
-        let mut out: Vec<(String, u32)> = entries
-            .flatten()
-            .filter_map(|e| parse_link_pin(&e.file_name().to_string_lossy()))
-            .map(|(_, ifname, ifindex)| (ifname, ifindex))
-            .collect();
+        let mut out: Vec<(String, u32)> =
+            pins(&self.pin_dir).into_iter().map(|(_, _, ifname, ifindex)| (ifname, ifindex)).collect();
         out.sort();
         out.dedup();
         out
     }
 
     fn detach_interface(&mut self, ifname: &str, ifindex: u32) -> Result<(), DatapathError> {
-        if let Ok(entries) = fs::read_dir(self.pin_dir.join("links")) {
-            for entry in entries.flatten() {
-                if parse_link_pin(&entry.file_name().to_string_lossy()).is_some_and(|(_, name, _)| name == ifname) {
-                    detach_pinned(&entry.path(), ifname)?;
-                }
+        for (path, pin, name, index) in pins(&self.pin_dir) {
+            if name == ifname {
+                detach_pin(&path, pin, ifname, index)?;
             }
         }
         match self.uplinks()?.remove(&ifindex) {
@@ -654,14 +945,18 @@ impl Datapath for EbpfDatapath {
     fn kernel_carrier(&self) -> KernelCarrier {
         self.carrier.clone()
     }
+
+    fn hooks(&self) -> Hooks {
+        self.hooks
+    }
 }
 
-/// `<kind>-<ifname>-<ifindex>` -> its parts.
-fn parse_link_pin(name: &str) -> Option<(&'static str, String, u32)> {
-    let (kind, rest) =
-        if let Some(r) = name.strip_prefix("xdp-") { ("xdp", r) } else { ("tc", name.strip_prefix("tc-")?) };
+/// `<hook>-<ifname>-<ifindex>` -> its parts.
+fn parse_link_pin(name: &str) -> Option<(Pin, String, u32)> {
+    let (pin, rest) =
+        Pin::ALL.into_iter().find_map(|pin| Some((pin, name.strip_prefix(pin.prefix())?.strip_prefix('-')?)))?;
     let (ifname, ifindex) = rest.rsplit_once('-')?;
-    Some((kind, ifname.to_string(), ifindex.parse().ok()?))
+    Some((pin, ifname.to_string(), ifindex.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -670,8 +965,16 @@ mod tests {
 
     #[test]
     fn link_pin_names_parse_with_dashes_in_the_interface() {
-        assert_eq!(parse_link_pin("xdp-up1-7"), Some(("xdp", "up1".into(), 7)));
-        assert_eq!(parse_link_pin("tc-br-ext-up-12"), Some(("tc", "br-ext-up".into(), 12)));
+        assert_eq!(parse_link_pin("xdp-up1-7"), Some((Pin::XdpGeneric, "up1".into(), 7)));
+        assert_eq!(parse_link_pin("tc-br-ext-up-12"), Some((Pin::TcxEgress, "br-ext-up".into(), 12)));
+        assert_eq!(parse_link_pin("tcnl-up1-7"), Some((Pin::NlEgress, "up1".into(), 7)));
+        assert_eq!(parse_link_pin("tcinl-up1-7"), Some((Pin::NlIngress, "up1".into(), 7)));
+        assert_eq!(parse_link_pin("tci-up1-7"), Some((Pin::TcxIngress, "up1".into(), 7)));
+        assert_eq!(parse_link_pin("xdpn-up1-7"), Some((Pin::XdpNative, "up1".into(), 7)));
+        assert_eq!(parse_link_pin("tc-i-up-7"), Some((Pin::TcxEgress, "i-up".into(), 7)));
+        for pin in Pin::ALL {
+            assert_eq!(parse_link_pin(&format!("{}-eth0-3", pin.prefix())), Some((pin, "eth0".into(), 3)));
+        }
         assert_eq!(parse_link_pin("other"), None);
         assert_eq!(parse_link_pin("xdp-up1-x"), None);
     }

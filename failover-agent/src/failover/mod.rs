@@ -51,6 +51,9 @@ pub enum Link {
     Down,
     /// The interface does not exist.
     Absent,
+    /// The interface is there but the datapath could not be attached to
+    /// it: unusable, yet nothing says its NIC is at fault.
+    Detached,
 }
 
 /// An uplink's gateway, as the probes show it.
@@ -80,6 +83,8 @@ pub enum AlarmKind {
     NoHealthyUplink,
     /// An uplink's health keeps changing.
     Flapping,
+    /// The datapath's programs could not be attached to an uplink.
+    NotAttached,
 }
 
 /// An alarm: what, in which group, about which uplink (by index).
@@ -151,6 +156,7 @@ impl Link {
             Self::Up => "up",
             Self::Down => "down",
             Self::Absent => "absent",
+            Self::Detached => "detached",
             Self::Unknown => "unknown",
         }
     }
@@ -301,7 +307,8 @@ impl UplinkFsm {
     }
 
     fn faulty(&self) -> bool {
-        matches!(self.link, Link::Down | Link::Absent) || (self.link == Link::Up && self.gateway == Gateway::Down)
+        matches!(self.link, Link::Down | Link::Absent | Link::Detached)
+            || (self.link == Link::Up && self.gateway == Gateway::Down)
     }
 
     fn gateway_mac(&self) -> Option<[u8; 6]> {
@@ -312,6 +319,7 @@ impl UplinkFsm {
         match (self.link, self.gateway) {
             (Link::Absent, _) => "its interface is gone",
             (Link::Down, _) => "its link is down",
+            (Link::Detached, _) => "the datapath is not attached to it",
             (Link::Unknown, _) => "its link state is not known yet",
             (Link::Up, Gateway::Down) => "its gateway does not answer",
             (Link::Up, Gateway::Unknown) => "its gateway has not answered enough probes yet",
@@ -720,6 +728,9 @@ impl Core {
             if matches!(u.link, Link::Down | Link::Absent) {
                 want.insert(alarm(AlarmKind::Replace(Part::Nic)));
             }
+            if u.link == Link::Detached {
+                want.insert(alarm(AlarmKind::NotAttached));
+            }
             let gw = alarm(AlarmKind::Replace(Part::Gateway));
             // An unknown gateway keeps an alarm it had (after a restart, say).
             if u.link == Link::Up && (u.gateway == Gateway::Down || (u.gateway == Gateway::Unknown && raised(&gw))) {
@@ -788,6 +799,10 @@ pub fn alarm_message(config: &Config, alarm: &Alarm) -> String {
         (AlarmKind::NoHealthyUplink, _) => {
             format!("no healthy uplink in group {}: traffic stays where it is", group.name)
         }
+        (AlarmKind::NotAttached, Some(u)) => format!(
+            "datapath not attached on {} (uplink {} in group {}; not a NIC fault)",
+            u.interface, u.name, group.name
+        ),
         (kind, None) => format!("{kind:?} in group {}", group.name),
     }
 }

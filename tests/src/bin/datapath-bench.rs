@@ -20,7 +20,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use failover_agent::datapath::{
-    Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode,
+    Datapath, DatapathOptions, EbpfDatapath, IngressMode,
     ebpf::{carrier_globals, global_values, object},
 };
 use failover_common::{GROUP_KERNEL_FAILOVER, GroupState, Member, PROBE_MARK, PROG_TC_EGRESS, PROG_XDP};
@@ -136,9 +136,8 @@ fn main() -> ExitCode {
     let pins = PinDir::new();
     let ifindex = host.run(|| {
         let mut dp = EbpfDatapath::open(&DatapathOptions {
-            pin_dir: pins.path().to_path_buf(),
-            xdp_mode: XdpAttachMode::Native,
-            carrier_reads: true,
+            ingress: IngressMode::XdpNative,
+            ..DatapathOptions::new(pins.path().to_path_buf())
         })
         .expect("open");
         dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
@@ -168,9 +167,8 @@ fn main() -> ExitCode {
         state.flags = flags;
         let ns = host.run(|| {
             let mut dp = EbpfDatapath::open(&DatapathOptions {
-                pin_dir: pins.path().to_path_buf(),
-                xdp_mode: XdpAttachMode::Native,
-                carrier_reads: true,
+                ingress: IngressMode::XdpNative,
+                ..DatapathOptions::new(pins.path().to_path_buf())
             })
             .expect("open");
             dp.set_group(0, &state).expect("group");
@@ -187,16 +185,13 @@ fn main() -> ExitCode {
     println!(
         "\n| TCP over veth, programs on the active uplink | gw -> host Gbit/s | host -> gw Gbit/s |\n|---|---|---|"
     );
-    for mode in [None, Some(XdpAttachMode::Native), Some(XdpAttachMode::Skb)] {
+    for mode in [None, Some(IngressMode::Tc), Some(IngressMode::XdpNative), Some(IngressMode::XdpGeneric)] {
         let pins = PinDir::new();
         if let Some(mode) = mode {
             host.run(|| {
-                let mut dp = EbpfDatapath::open(&DatapathOptions {
-                    pin_dir: pins.path().to_path_buf(),
-                    xdp_mode: mode,
-                    carrier_reads: true,
-                })
-                .expect("open");
+                let mut dp =
+                    EbpfDatapath::open(&DatapathOptions { ingress: mode, ..DatapathOptions::new(pins.path()) })
+                        .expect("open");
                 dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
                 let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");
                 dp.set_group(0, &group_state(ifindex, GW1_MAC)).expect("group");
@@ -207,8 +202,9 @@ fn main() -> ExitCode {
         let up = iperf(&host, &gw, false);
         let name = match mode {
             None => "no programs",
-            Some(XdpAttachMode::Native) => "native XDP + TC",
-            Some(XdpAttachMode::Skb) => "skb XDP + TC",
+            Some(IngressMode::Tc) => "TC ingress + TC egress (default)",
+            Some(IngressMode::XdpNative) => "native XDP + TC",
+            Some(IngressMode::XdpGeneric) => "skb XDP + TC",
         };
         println!("| {name} | {} | {} |", fmt(down), fmt(up));
     }

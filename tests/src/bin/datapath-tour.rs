@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_agent::datapath::{AttachOutcome, Datapath, DatapathOptions, EbpfDatapath, XdpAttachMode};
+use failover_agent::datapath::{AttachOutcome, Datapath, DatapathOptions, EbpfDatapath, IngressMode};
 use failover_tests::{
     PacketSocket,
     lab::{GW_IP, GW1_MAC, GW2_MAC, PROBE_IP, SETTLE, TwoUplinks, UP1_MAC, UP2_MAC, arrivals, uplink, vm_frame},
@@ -48,10 +48,9 @@ fn stream(sock: &PacketSocket, dst: [u8; 6], id: u32, count: u64, rate: u64, mut
     }
 }
 
-#[expect(clippy::too_many_lines, reason = "the tour's steps, in the order it tells them")]
 fn tour() -> Result<(), String> {
     step(1, "A throwaway lab: one host namespace, two uplinks, two gateways");
-    let mut t = TwoUplinks::new(XdpAttachMode::Native);
+    let mut t = TwoUplinks::new(IngressMode::XdpNative);
     println!(
         "   host namespace {}: up1 ({}) -> gateway 1 ({}), up2 ({}) -> gateway 2 ({})",
         t.host.name(),
@@ -139,8 +138,7 @@ fn tour() -> Result<(), String> {
     check(lost == 0 && !at_gw2.is_empty() && readdressed, "no frame lost, all readdressed to gateway 2's MAC")?;
 
     step(5, "The agent restarts: the pinned datapath keeps running");
-    let opts =
-        DatapathOptions { pin_dir: t.pins.path().to_path_buf(), xdp_mode: XdpAttachMode::Native, carrier_reads: true };
+    let opts = DatapathOptions { ingress: IngressMode::XdpNative, ..DatapathOptions::new(t.pins.path().to_path_buf()) };
     drop(t.dp.take());
     let outcomes = t.host.run(|| {
         let mut dp = EbpfDatapath::open(&opts).expect("reopen");
