@@ -164,12 +164,24 @@ pub fn holder(path: &Path) -> Option<u32> {
     flock_holders(&locks).into_iter().find(|h| h.dev == meta.dev() && h.ino == meta.ino()).map(|h| h.pid)
 }
 
-/// An agent running with the pin directory `pin_dir`: its pid and lock
-/// file. Found from the kernel's list of `flock` holders and, for each,
-/// the lock file it has open (whatever its runtime directory).
+/// An agent running with the pin directory `pin_dir`, other than this
+/// process (an `uninstall` holding the lock): its pid and lock file. Found
+/// from the kernel's list of `flock` holders and, for each, the lock file
+/// it has open (whatever its runtime directory).
 pub fn agent_using_pins(pin_dir: &Path) -> Option<(u32, PathBuf)> {
+    holder_of_pins(pin_dir, Some(std::process::id()))
+}
+
+fn holder_of_pins(pin_dir: &Path, except: Option<u32>) -> Option<(u32, PathBuf)> {
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     for h in flock_holders(&locks) {
+        if Some(h.pid) == except {
+            continue;
+        }
+        // Not this process (uninstall holds the lock itself while it works).
+        if h.pid == std::process::id() {
+            continue;
+        }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", h.pid)) else { continue };
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };
@@ -270,11 +282,12 @@ mod tests {
         let d = dir();
         let pins = d.join("pins");
         let lock = acquire(&d.join("control.sock"), &pins).unwrap();
-        let found = agent_using_pins(&pins);
+        let found = holder_of_pins(&pins, None);
         assert_eq!(found, Some((std::process::id(), lock.path().to_path_buf())));
-        assert_eq!(agent_using_pins(&d.join("other")), None);
+        assert_eq!(holder_of_pins(&d.join("other"), None), None);
+        assert_eq!(agent_using_pins(&pins), None, "this process (an uninstall holding the lock) is not counted");
         drop(lock);
-        assert_eq!(agent_using_pins(&pins), None, "released");
+        assert_eq!(holder_of_pins(&pins, None), None, "released");
         let _ = std::fs::remove_dir_all(&d);
     }
 }
