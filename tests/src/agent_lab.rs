@@ -43,11 +43,21 @@ pub struct LabOptions {
     pub up_after: u32,
     pub failback: &'static str,
     pub hold_down_ms: u64,
+    /// More lines for the `[agent]` table (e.g. `tc_attach = "netlink"`).
+    pub agent_extra: String,
 }
 
 impl Default for LabOptions {
     fn default() -> Self {
-        Self { ipv6: false, probe_interval_ms: 20, down_after: 3, up_after: 3, failback: "never", hold_down_ms: 1000 }
+        Self {
+            ipv6: false,
+            probe_interval_ms: 20,
+            down_after: 3,
+            up_after: 3,
+            failback: "never",
+            hold_down_ms: 1000,
+            agent_extra: String::new(),
+        }
     }
 }
 
@@ -91,9 +101,21 @@ pub fn spawn_agent_with(
     log: PathBuf,
     env: &[(&str, &str)],
 ) -> AgentProcess {
+    spawn_binary(&agent_binary(), host, config, socket, log, env)
+}
+
+/// [`spawn_agent_with`], running the `failover-agent` binary at `bin`.
+pub fn spawn_binary(
+    bin: &Path,
+    host: &Netns,
+    config: &Path,
+    socket: &Path,
+    log: PathBuf,
+    env: &[(&str, &str)],
+) -> AgentProcess {
     let child = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", host.name()))
-        .arg(agent_binary())
+        .arg(bin)
         .args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "info")
@@ -246,7 +268,7 @@ impl AgentLab {
         let o = &self.options;
         let (gateway, source) = if o.ipv6 { ("2001:db8::1", "2001:db8::fa") } else { ("192.0.2.1", "192.0.2.250") };
         let text = format!(
-            "[agent]\nstate_dir = \"{state}\"\nbpf_pin_dir = \"{pins}\"\ncontrol_socket = \"{sock}\"\nmetrics_listen = \"127.0.0.1:0\"\novs_flows = false\n\n\
+            "[agent]\nstate_dir = \"{state}\"\nbpf_pin_dir = \"{pins}\"\ncontrol_socket = \"{sock}\"\nmetrics_listen = \"127.0.0.1:0\"\novs_flows = false\n{extra}\n\
              [[group]]\nname = \"ext\"\nbridge = \"br0\"\nprobe_interval_ms = {pi}\ndown_after = {down}\nup_after = {up}\n\
              failback = \"{fb}\"\nhold_down_ms = {hd}\n\n\
              [[group.uplink]]\nname = \"primary\"\ninterface = \"up1\"\ngateway = \"{gateway}\"\nprobe_source = \"{source}\"\n\n\
@@ -259,6 +281,7 @@ impl AgentLab {
             up = o.up_after,
             fb = o.failback,
             hd = o.hold_down_ms,
+            extra = o.agent_extra,
         );
         fs::write(self.config_path(), text).expect("writing the lab config");
     }
@@ -269,6 +292,23 @@ impl AgentLab {
         self.starts += 1;
         let log = self.dir.join(format!("agent-{}.log", self.starts));
         spawn_agent(&self.host, &self.config_path(), &self.socket_path(), log)
+    }
+
+    /// [`Self::start_agent`] with the `failover-agent` binary at `bin`.
+    pub fn start_binary(&mut self, bin: &Path) -> AgentProcess {
+        self.write_config();
+        self.starts += 1;
+        let log = self.dir.join(format!("agent-{}.log", self.starts));
+        spawn_binary(bin, &self.host, &self.config_path(), &self.socket_path(), log, &[])
+    }
+
+    /// The pin names under `links/` (sorted).
+    pub fn link_pins(&self) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(self.pins.path().join("links"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
     }
 
     /// Asks the running agent.

@@ -35,9 +35,9 @@ pub const SETTLE: Duration = Duration::from_millis(300);
 
 pub struct TwoUplinks {
     pub host: Netns,
-    // Keep the gateway namespaces alive as long as the topology.
-    _gw1_ns: Netns,
-    _gw2_ns: Netns,
+    /// The gateway namespaces (alive as long as the topology).
+    pub gw1_ns: Netns,
+    pub gw2_ns: Netns,
     pub pins: PinDir,
     pub dp: Option<EbpfDatapath>,
     pub up1: u32,
@@ -116,7 +116,7 @@ impl TwoUplinks {
         });
         let gw1 = gw1_ns.run(|| PacketSocket::open("gw1").expect("setting up the lab"));
         let gw2 = gw2_ns.run(|| PacketSocket::open("gw2").expect("setting up the lab"));
-        Self { host, _gw1_ns: gw1_ns, _gw2_ns: gw2_ns, pins, dp: Some(dp), up1, up2, bridge1, bridge2, gw1, gw2 }
+        Self { host, gw1_ns, gw2_ns, pins, dp: Some(dp), up1, up2, bridge1, bridge2, gw1, gw2 }
     }
 
     pub fn dp(&mut self) -> &mut EbpfDatapath {

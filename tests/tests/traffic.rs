@@ -131,13 +131,32 @@ fn inactive_uplink_ingress_is_dropped_and_replies_are_consumed() {
     if !privileged("inactive_uplink_ingress_is_dropped_and_replies_are_consumed") {
         return;
     }
-    let t = TwoUplinks::new(IngressMode::XdpNative);
+    ingress_is_dropped_and_replies_consumed(IngressMode::XdpNative);
+}
+
+#[test]
+fn tc_ingress_drops_the_inactive_uplinks_frames_and_consumes_replies() {
+    if !privileged("tc_ingress_drops_the_inactive_uplinks_frames_and_consumes_replies") {
+        return;
+    }
+    ingress_is_dropped_and_replies_consumed(IngressMode::Tc);
+}
+
+#[expect(clippy::unwrap_used, reason = "the steps of two tests")]
+/// What the ingress hook does, in `mode`. (A packet socket sees a frame
+/// before TC ingress does: in TC mode the counters tell what was dropped.)
+fn ingress_is_dropped_and_replies_consumed(mode: IngressMode) {
+    let xdp = mode != IngressMode::Tc;
+    let t = TwoUplinks::new(mode);
     let from_gw = |dst: [u8; 6], stream| test_frame(dst, GW1_MAC, GW_IP, VM_IP, stream, 0);
     t.gw2.send(&from_gw(VM_MAC, 6)).unwrap();
     t.gw1.send(&from_gw(VM_MAC, 7)).unwrap();
-    assert!(arrivals(&t.bridge2, 6, SETTLE).is_empty(), "the inactive uplink delivers nothing");
+    if xdp {
+        assert!(arrivals(&t.bridge2, 6, SETTLE).is_empty(), "the inactive uplink delivers nothing");
+    }
     assert_eq!(arrivals(&t.bridge1, 7, SETTLE).len(), 1, "the active uplink delivers");
     assert_eq!(t.counters(1).ingress_dropped_inactive, 1);
+    assert_eq!(t.counters(0).ingress_dropped_inactive, 0);
 
     // The standby gateway's reply to a probe is counted and consumed.
     let reply = arp_frame(
@@ -153,7 +172,11 @@ fn inactive_uplink_ingress_is_dropped_and_replies_are_consumed() {
     probe_socket.set_mark(PROBE_MARK).unwrap();
     probe_socket.send(&probe(UP2_MAC, GW2_MAC)).unwrap();
     t.gw2.send(&reply).unwrap();
-    assert!(t.bridge2.collect(SETTLE, is_arp).is_empty(), "consumed by XDP");
+    if xdp {
+        assert!(t.bridge2.collect(SETTLE, is_arp).is_empty(), "consumed by XDP");
+    } else {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let c = t.counters(1);
     assert_eq!(c.valid_replies, 1);
     assert_eq!(c.gateway_mac, Some(GW2_MAC));
@@ -286,4 +309,69 @@ fn attaching_to_a_missing_interface_names_it_and_leaves_nothing() {
     let links: Vec<_> =
         std::fs::read_dir(t.pins.path().join("links")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(links.len(), 4, "only the lab's own links: {links:?}");
+}
+
+/// A test frame padded to `size` bytes on the wire (Ethernet header included).
+fn jumbo_frame(size: usize, stream: u32) -> Vec<u8> {
+    let mut f = test_frame(VM_MAC, GW1_MAC, GW_IP, VM_IP, stream, 1);
+    f.resize(size, 0xab);
+    let ip_len = u16::try_from(size - 14).expect("fits");
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let csum = failover_tests::packet::ipv4_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&csum.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f
+}
+
+#[test]
+fn native_xdp_attaches_on_a_jumbo_mtu_and_a_9000_byte_frame_passes() {
+    if !privileged("native_xdp_attaches_on_a_jumbo_mtu_and_a_9000_byte_frame_passes") {
+        return;
+    }
+    let mut t = TwoUplinks::new(IngressMode::Tc);
+    t.host.ip(&["link", "set", "up1", "mtu", "9000"]);
+    t.gw1_ns.ip(&["link", "set", "gw1", "mtu", "9000"]);
+    // What the first agents attached (no frags support) is refused here.
+    let other = failover_tests::PinDir::new();
+    std::fs::create_dir_all(other.path()).unwrap();
+    let refused = t.host.run(|| {
+        let mut ebpf = aya::EbpfLoader::new()
+            .default_map_pin_directory(other.path())
+            .load(failover_agent::datapath::ebpf::object().unwrap())
+            .unwrap();
+        let prog: &mut aya::programs::Xdp = ebpf.program_mut(failover_common::PROG_XDP).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        prog.attach("up1", aya::programs::XdpMode::Driver).map(|_| ()).map_err(|e| format!("{e:#}"))
+    });
+    assert!(refused.is_err(), "native XDP without frags attached on MTU 9000");
+    // The agent's native mode attaches, over the pins of the TC mode.
+    drop(t.dp.take());
+    let opts = DatapathOptions { ingress: IngressMode::XdpNative, ..DatapathOptions::new(t.pins.path()) };
+    let dp = t.host.run(|| {
+        let mut dp = EbpfDatapath::open(&opts).expect("open");
+        assert_eq!(
+            dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("native XDP on MTU 9000"),
+            AttachOutcome::Attached
+        );
+        dp
+    });
+    t.dp = Some(dp);
+    let pins: Vec<String> = std::fs::read_dir(t.pins.path().join("links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(pins.iter().any(|p| p.starts_with("xdpn-up1-")), "{pins:?}");
+    assert!(!pins.iter().any(|p| p.starts_with("tci-up1-")), "TC ingress detached after the switch: {pins:?}");
+    // A 9000-byte packet from the gateway passes the active uplink whole.
+    let frame = jumbo_frame(9014, 30);
+    t.gw1.send(&frame).unwrap();
+    let got = t.bridge1.collect(SETTLE, |f| parse(f).is_some_and(|p| p.stream == 30));
+    assert_eq!(got.len(), 1, "the jumbo frame arrived");
+    assert_eq!(got[0].frame.len(), 9014, "whole");
+}
+
+fn parse(f: &[u8]) -> Option<failover_tests::packet::TestFrame> {
+    failover_tests::packet::parse_test_frame(f)
 }

@@ -218,7 +218,6 @@ fn in_band_silent_gateway_fails_over_with_the_gateway_alarm() {
 }
 
 #[test]
-#[ignore = "needs the tc ingress mode"]
 fn out_of_band_no_fault_loses_nothing() {
     if privileged("out_of_band_no_fault_loses_nothing") {
         no_fault_loses_nothing(true);
@@ -226,7 +225,6 @@ fn out_of_band_no_fault_loses_nothing() {
 }
 
 #[test]
-#[ignore = "needs the tc ingress mode"]
 fn out_of_band_link_fault_fails_over_with_the_nic_alarm() {
     if privileged("out_of_band_link_fault_fails_over_with_the_nic_alarm") {
         link_fault_fails_over_with_the_nic_alarm(true);
@@ -234,7 +232,6 @@ fn out_of_band_link_fault_fails_over_with_the_nic_alarm() {
 }
 
 #[test]
-#[ignore = "needs the tc ingress mode"]
 fn out_of_band_silent_gateway_fails_over_with_the_gateway_alarm() {
     if privileged("out_of_band_silent_gateway_fails_over_with_the_gateway_alarm") {
         silent_gateway_fails_over_with_the_gateway_alarm(true);

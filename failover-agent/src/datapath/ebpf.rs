@@ -358,6 +358,14 @@ fn detach_pin(path: &Path, pin: Pin, ifname: &str, ifindex: u32) -> Result<(), D
                     Err(e) if is_enoent(&e) => {}
                     Err(e) => return Err(err(boxed(e))),
                 }
+            } else {
+                // Deleted (its filter went with it), or in another network
+                // namespace than this process (the filter stays there).
+                warn!(
+                    ifname,
+                    ifindex,
+                    "no such interface here: if it lives in another network namespace, its tc filter (pref {NL_PRIORITY}, handle 0xfa11) stays there"
+                );
             }
             fs::remove_file(path).map_err(|e| err(boxed(e)))
         }
