@@ -178,10 +178,6 @@ fn holder_of_pins(pin_dir: &Path, except: Option<u32>) -> Option<(u32, PathBuf)>
         if Some(h.pid) == except {
             continue;
         }
-        // Not this process (uninstall holds the lock itself while it works).
-        if h.pid == std::process::id() {
-            continue;
-        }
         let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", h.pid)) else { continue };
         for fd in fds.flatten() {
             let Ok(target) = std::fs::read_link(fd.path()) else { continue };

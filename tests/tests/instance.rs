@@ -186,7 +186,8 @@ fn uninstall_is_refused_while_the_agent_runs_and_works_from_the_pin_dir_alone() 
         String::from_utf8_lossy(&out.stdout).contains("xdp")
     };
     assert!(xdp_on("up1"), "SIGTERM leaves the datapath in place");
-    // A configuration invalid elsewhere does not matter for it.
+    // A configuration that is not even TOML does not matter for it.
+    std::fs::copy(lab.config_path(), lab.config_path().with_extension("good")).unwrap();
     std::fs::write(lab.config_path(), "this is not toml [[[").unwrap();
     let out = cli(&lab, &["uninstall", "--pin-dir", &pin_arg]);
     let (stdout, stderr) = text(&out);
@@ -195,4 +196,18 @@ fn uninstall_is_refused_while_the_agent_runs_and_works_from_the_pin_dir_alone() 
     assert!(!pins.exists(), "pins removed");
     assert!(!xdp_on("up1") && !xdp_on("up2"), "programs detached");
     assert!(lab.dir.join("state/state.json").exists(), "the state stays with --pin-dir alone");
+    // --config with a file invalid elsewhere: its [agent] paths serve, the state goes too.
+    let good = lab.config_path().with_extension("good");
+    std::fs::write(
+        lab.config_path(),
+        std::fs::read_to_string(&good).unwrap().replace("down_after = 3", "down_after = 0"),
+    )
+    .unwrap();
+    let out = cli(&lab, &["uninstall", "--config", &config]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("using only its [agent] paths"), "{stderr}");
+    assert!(stdout.contains("and the agent's state"), "{stdout}");
+    assert!(!lab.dir.join("state/state.json").exists(), "state removed");
+    assert!(!lab.socket_path().exists(), "control socket removed");
 }
