@@ -313,9 +313,11 @@ fn an_uplink_deleted_and_recreated_at_run_time_is_attached_and_relearned() {
     lab.gw2.ip(&["addr", "add", "192.0.2.1/24", "dev", "gw2"]);
     let s = lab.wait_for("standby back", WAIT, |s| s.groups[0].uplinks[1].healthy && s.alarms.is_empty());
     assert!(s.groups[0].uplinks[1].replies > 0);
-    let out =
-        std::process::Command::new("ip").args(["-n", lab.host.name(), "-d", "link", "show", "up2"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("xdp"), "programs attached to the new up2");
+    let (_, progs) = lab
+        .host
+        .run(|| aya::programs::SchedClassifier::query_tcx("up2", aya::programs::TcAttachType::Ingress))
+        .expect("query TCX");
+    assert_eq!(progs.len(), 1, "TC ingress attached to the new up2, once");
     // It works: a fault on the primary moves traffic to the re-created standby.
     lab.set_link(1, false);
     lab.wait_for("switch to the re-created standby", WAIT, |s| s.groups[0].active.as_deref() == Some("standby"));
