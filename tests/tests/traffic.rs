@@ -271,7 +271,9 @@ fn uninstall_detaches_everything() {
     };
     assert!(link_details(&t).contains("xdp"), "attached: {}", link_details(&t));
     drop(t.dp.take());
-    let removed = EbpfDatapath::uninstall(t.pins.path()).unwrap();
+    // In the uplinks' namespace, as the agent runs (a tc filter of the
+    // legacy path is found by its interface there).
+    let removed = t.host.run(|| EbpfDatapath::uninstall(t.pins.path())).unwrap();
     assert_eq!(removed.len(), 4, "two links per uplink: {removed:?}");
     assert!(!t.pins.path().exists());
     assert!(!link_details(&t).contains("xdp"), "detached: {}", link_details(&t));
@@ -374,4 +376,91 @@ fn native_xdp_attaches_on_a_jumbo_mtu_and_a_9000_byte_frame_passes() {
 
 fn parse(f: &[u8]) -> Option<failover_tests::packet::TestFrame> {
     failover_tests::packet::parse_test_frame(f)
+}
+
+/// The program id the hook pinned at `pin` runs: a pinned link's, or for
+/// a netlink filter (legacy TC path) the one `tc` shows for up1's egress.
+fn linked_prog(t: &TwoUplinks, pin: &std::path::Path) -> u32 {
+    if !pin.file_name().is_some_and(|n| n.to_string_lossy().starts_with("tcnl-")) {
+        let link = aya::programs::links::PinnedLink::from_pin(pin).expect("pinned link");
+        return aya::programs::links::FdLink::from(link).info().expect("link info").program_id();
+    }
+    let out = std::process::Command::new("tc")
+        .args(["-n", t.host.name(), "filter", "show", "dev", "up1", "egress"])
+        .output()
+        .expect("tc");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().find(|l| l.contains("handle 0xfa11")).expect("our filter");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words.iter().position(|w| *w == "id").expect("an id");
+    words[at + 1].parse().expect("a number")
+}
+
+#[test]
+fn an_older_map_layout_is_replaced_in_place_under_traffic() {
+    const COUNT: u64 = 6_000;
+    const RATE: u64 = 3_000;
+    if !privileged("an_older_map_layout_is_replaced_in_place_under_traffic") {
+        return;
+    }
+    let mut t = TwoUplinks::new(IngressMode::Tc);
+    let layout = t.pins.path().join(format!("layout-v{}", failover_common::LAYOUT_VERSION));
+    // What the first agents left: maps and links, no layout directory.
+    std::fs::remove_dir(&layout).unwrap();
+    let egress_pin = std::fs::read_dir(t.pins.path().join("links"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            name.starts_with("tc-up1-") || name.starts_with("tcnl-up1-")
+        })
+        .unwrap();
+    let old_prog = linked_prog(&t, &egress_pin);
+    let opts = DatapathOptions::new(t.pins.path());
+    let (up1, gw1) = (t.up1, &t.gw1);
+    let sender = t.host.run(|| PacketSocket::open("up1").unwrap());
+    let received = std::thread::scope(|s| {
+        let rx = s.spawn(|| arrivals(gw1, 40, Duration::from_secs(3)));
+        let tx = s.spawn(|| paced_send(&sender, GW1_MAC, 40, COUNT, RATE));
+        std::thread::sleep(Duration::from_millis(500));
+        drop(t.dp.take());
+        let reopened = t.host.run(|| {
+            let mut dp = EbpfDatapath::open(&opts).expect("reopen over layout 1");
+            assert_eq!(dp.group(0).unwrap(), None, "new maps: the old layout's state is not read");
+            let o1 = dp.attach_uplink("up1", &uplink(0, UP1_MAC)).unwrap();
+            let o2 = dp.attach_uplink("up2", &uplink(1, UP2_MAC)).unwrap();
+            assert_eq!((o1, o2), (AttachOutcome::Reused, AttachOutcome::Reused), "the same links, new programs");
+            dp.set_group(0, &failover_tests::lab::group_state(up1, GW1_MAC)).unwrap();
+            dp
+        });
+        t.dp = Some(reopened);
+        tx.join().unwrap();
+        rx.join().unwrap()
+    });
+    let lost = COUNT - received.len() as u64;
+    eprintln!("layout 1 -> {} under {RATE} frames/s: {lost} of {COUNT} lost", failover_common::LAYOUT_VERSION);
+    assert_eq!(lost, 0);
+    assert!(layout.is_dir(), "this layout marked");
+    assert_ne!(linked_prog(&t, &egress_pin), old_prog, "the link runs the new program");
+}
+
+#[test]
+fn a_newer_map_layout_is_refused_and_left_alone() {
+    if !privileged("a_newer_map_layout_is_refused_and_left_alone") {
+        return;
+    }
+    let mut t = TwoUplinks::new(IngressMode::Tc);
+    let mine = t.pins.path().join(format!("layout-v{}", failover_common::LAYOUT_VERSION));
+    std::fs::remove_dir(&mine).unwrap();
+    std::fs::create_dir(t.pins.path().join("layout-v99")).unwrap();
+    drop(t.dp.take());
+    let opts = DatapathOptions::new(t.pins.path());
+    let err = t.host.run(|| EbpfDatapath::open(&opts).unwrap_err());
+    let text = err.to_string();
+    assert!(text.contains("layout 99, newer than this agent's"), "{text}");
+    assert!(text.contains("refusing to downgrade"), "{text}");
+    // Nothing touched: the newer agent's maps and links are all there.
+    assert!(t.pins.path().join("maps/GROUPS").exists());
+    assert_eq!(std::fs::read_dir(t.pins.path().join("links")).unwrap().count(), 4);
 }
