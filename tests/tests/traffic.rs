@@ -273,7 +273,7 @@ fn uninstall_detaches_everything() {
     drop(t.dp.take());
     // In the uplinks' namespace, as the agent runs (a tc filter of the
     // legacy path is found by its interface there).
-    let removed = t.host.run(|| EbpfDatapath::uninstall(t.pins.path())).unwrap();
+    let removed = t.host.run(|| EbpfDatapath::uninstall(t.pins.path()).map_err(|e| e.to_string())).unwrap();
     assert_eq!(removed.len(), 4, "two links per uplink: {removed:?}");
     assert!(!t.pins.path().exists());
     assert!(!link_details(&t).contains("xdp"), "detached: {}", link_details(&t));
