@@ -182,31 +182,65 @@ fn main() -> ExitCode {
         println!("\niperf3 is not installed: throughput part left out (apt-get install iperf3)");
         return ExitCode::SUCCESS;
     }
-    println!(
-        "\n| TCP over veth, programs on the active uplink | gw -> host Gbit/s | host -> gw Gbit/s |\n|---|---|---|"
-    );
-    for mode in [None, Some(IngressMode::Tc), Some(IngressMode::XdpNative), Some(IngressMode::XdpGeneric)] {
-        let pins = PinDir::new();
-        if let Some(mode) = mode {
-            host.run(|| {
-                let mut dp =
-                    EbpfDatapath::open(&DatapathOptions { ingress: mode, ..DatapathOptions::new(pins.path()) })
-                        .expect("open");
-                dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
-                let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");
-                dp.set_group(0, &group_state(ifindex, GW1_MAC)).expect("group");
-            });
+    throughput(&host, &gw);
+    ExitCode::SUCCESS
+}
+
+/// Interleaved rounds of the throughput part.
+const ROUNDS: usize = 9;
+
+/// TCP both ways over the veth, with each mode's programs on it and none:
+/// interleaved rounds, so that the machine's drift touches all modes alike;
+/// medians and the ratio to no programs.
+fn throughput(host: &Netns, gw: &Netns) {
+    // Interleaved rounds: each mode once per round, so that the machine's
+    // drift touches them alike; medians and the ratio to no programs.
+    let modes = [None, Some(IngressMode::Tc), Some(IngressMode::XdpNative), Some(IngressMode::XdpGeneric)];
+    let mut down: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    let mut up: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+    for _ in 0..ROUNDS {
+        for (i, mode) in modes.iter().enumerate() {
+            let pins = PinDir::new();
+            if let Some(mode) = *mode {
+                host.run(|| {
+                    let mut dp =
+                        EbpfDatapath::open(&DatapathOptions { ingress: mode, ..DatapathOptions::new(pins.path()) })
+                            .expect("open");
+                    dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
+                    let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");
+                    dp.set_group(0, &group_state(ifindex, GW1_MAC)).expect("group");
+                });
+            }
+            down[i].extend(iperf(host, gw, true));
+            up[i].extend(iperf(host, gw, false));
         }
-        let fmt = |v: Option<f64>| v.map_or("failed".to_string(), |g| format!("{g:.2}"));
-        let down = iperf(&host, &gw, true);
-        let up = iperf(&host, &gw, false);
+    }
+    let median = |v: &[f64]| -> Option<f64> {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let (base_down, base_up) = (median(&down[0]), median(&up[0]));
+    let spread = |v: &[f64]| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!("{lo:.1}-{hi:.1}")
+    };
+    let cell = |v: &[f64], base: Option<f64>| match (median(v), base) {
+        (Some(g), Some(b)) if b > 0.0 => format!("{g:.2} ({:.0} %; {})", 100.0 * g / b, spread(v)),
+        (Some(g), _) => format!("{g:.2}"),
+        _ => "failed".to_string(),
+    };
+    println!(
+        "\n| TCP over veth, programs on the active uplink (median of {ROUNDS} interleaved rounds, % of none; min-max) | gw -> host Gbit/s | host -> gw Gbit/s |\n|---|---|---|"
+    );
+    for (i, mode) in modes.iter().enumerate() {
         let name = match mode {
             None => "no programs",
             Some(IngressMode::Tc) => "TC ingress + TC egress (default)",
             Some(IngressMode::XdpNative) => "native XDP + TC",
-            Some(IngressMode::XdpGeneric) => "skb XDP + TC",
+            Some(IngressMode::XdpGeneric) => "generic XDP + TC",
         };
-        println!("| {name} | {} | {} |", fmt(down), fmt(up));
+        println!("| {name} | {} | {} |", cell(&down[i], base_down), cell(&up[i], base_up));
     }
-    ExitCode::SUCCESS
 }

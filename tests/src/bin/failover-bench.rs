@@ -710,10 +710,10 @@ fn rtt(lab: &OvsLab) -> Option<(f64, f64)> {
 
 fn overhead(o: &Options) -> Result<Vec<Overhead>, String> {
     let mut out = Vec::new();
-    for mode in [None, Some("skb"), Some("native")] {
+    for mode in [None, Some("tc"), Some("xdp-generic"), Some("xdp")] {
         let name = format!("fl-bench{}", std::process::id());
         let mut lab = OvsLab::up(LabSpec {
-            xdp_mode: mode,
+            ingress: mode,
             probe_interval_ms: o.probe_interval_ms.max(100),
             ..LabSpec::named(&name)
         })?;
@@ -727,7 +727,7 @@ fn overhead(o: &Options) -> Result<Vec<Overhead>, String> {
         }
         let label = match mode {
             None => "no programs".to_string(),
-            Some(m) => format!("failover-agent, {m} XDP + TC"),
+            Some(m) => format!("failover-agent, ingress = {m:?}"),
         };
         eprintln!("[bench] datapath overhead: {label}");
         out.push((label, iperf(&lab), rtt(&lab)));
