@@ -78,6 +78,11 @@ pub struct Group {
     /// How long a gateway must have been down before its learned MAC is
     /// forgotten (a replacement gateway is then learned); zero: never.
     pub relearn_after: Duration,
+    /// A frame from the gateway proves it alive as a reply does: an uplink
+    /// with such traffic since the last round is not probed (`true`, the
+    /// default); `false`: every uplink probed every round (the fixed rate
+    /// of the first agents).
+    pub data_plane_liveness: bool,
     /// In priority order: the first is the primary.
     pub uplinks: Vec<Uplink>,
 }
@@ -91,6 +96,10 @@ pub struct Uplink {
     pub probe_source: IpAddr,
     pub gateway_mac: Option<[u8; 6]>,
     pub vlan: Option<u16>,
+    /// How often the uplink is probed while it is not the active one (None:
+    /// as the active, every `probe_interval`); a multiple of the group's
+    /// interval (rounded up).
+    pub standby_probe_interval: Option<Duration>,
 }
 
 /// A configuration error: where, and what is wrong.
@@ -174,6 +183,8 @@ struct RawGroup {
     flap_window_ms: u64,
     #[serde(default = "default_relearn_after_ms")]
     relearn_after_ms: u64,
+    #[serde(default = "default_true")]
+    data_plane_liveness: bool,
     #[serde(default, rename = "uplink")]
     uplinks: Vec<RawUplink>,
 }
@@ -187,6 +198,11 @@ struct RawUplink {
     probe_source: String,
     gateway_mac: Option<String>,
     vlan: Option<i64>,
+    standby_probe_interval_ms: Option<u64>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_probe_interval_ms() -> u64 {
@@ -470,7 +486,8 @@ impl Validator<'_> {
         let mut uplinks = Vec::with_capacity(g.uplinks.len());
         let mut seen = HashSet::new();
         for u in g.uplinks {
-            let uplink = self.uplink(&name, u)?;
+            let mut uplink = self.uplink(&name, u)?;
+            self.standby_interval(&name, &mut uplink, g.probe_interval_ms)?;
             if !seen.insert(uplink.name.clone()) {
                 return Err(self.err(at, Some(&uplink.name), "name", "two uplinks of this group have this name"));
             }
@@ -487,8 +504,27 @@ impl Validator<'_> {
             flap_threshold: g.flap_threshold,
             flap_window: Duration::from_millis(g.flap_window_ms),
             relearn_after: Duration::from_millis(g.relearn_after_ms),
+            data_plane_liveness: g.data_plane_liveness,
             uplinks,
         })
+    }
+
+    /// Checks an uplink's `standby_probe_interval_ms` against the group's
+    /// interval and rounds it up to a multiple of it.
+    fn standby_interval(&self, group: &str, uplink: &mut Uplink, interval_ms: u64) -> Result<(), ConfigError> {
+        let Some(ms) = uplink.standby_probe_interval.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)) else {
+            return Ok(());
+        };
+        if ms < interval_ms || ms > MAX_PROBE_INTERVAL_MS {
+            return Err(self.err(
+                Some(group),
+                Some(&uplink.name),
+                "standby_probe_interval_ms",
+                format!("{ms} is out of range {interval_ms}..={MAX_PROBE_INTERVAL_MS} (at least the group's probe_interval_ms)"),
+            ));
+        }
+        uplink.standby_probe_interval = Some(Duration::from_millis(ms.div_ceil(interval_ms) * interval_ms));
+        Ok(())
     }
 
     fn uplink(&self, group: &str, u: RawUplink) -> Result<Uplink, ConfigError> {
@@ -542,10 +578,68 @@ impl Validator<'_> {
             Some(v @ 1..=4094) => u16::try_from(v).ok(),
             Some(v) => return Err(self.err(g, at, "vlan", format!("{v} is out of range 1..=4094"))),
         };
-        Ok(Uplink { name: u.name, interface: u.interface, gateway, probe_source, gateway_mac, vlan })
+        let standby_probe_interval = u.standby_probe_interval_ms.map(Duration::from_millis);
+        Ok(Uplink {
+            name: u.name,
+            interface: u.interface,
+            gateway,
+            probe_source,
+            gateway_mac,
+            vlan,
+            standby_probe_interval,
+        })
     }
 }
 
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+/// The probes a gateway gets from this host, at most (per second): for
+/// each gateway address, the sum over the uplinks that probe it. An uplink
+/// probes every `probe_interval` while it is active (or has no
+/// `standby_probe_interval`), every `standby_probe_interval` while it is
+/// not; with `data_plane_liveness` an uplink whose gateway sends it frames
+/// is not probed at all, so under traffic the active uplinks' share is
+/// about 0. The bound is for a host whose uplinks carry no traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeLoad {
+    pub gateway: IpAddr,
+    /// Probes/s at most, every uplink active-rate (no traffic).
+    pub quiet: f64,
+    /// Probes/s with traffic from every active uplink's gateway (only the
+    /// standbys probe, at their rate); with `data_plane_liveness = false`
+    /// the same as `quiet`.
+    pub busy: f64,
+}
+
+impl Config {
+    /// The probe load per gateway address, in order of first appearance.
+    pub fn probe_load(&self) -> Vec<ProbeLoad> {
+        let mut out: Vec<ProbeLoad> = Vec::new();
+        for g in &self.groups {
+            let rate = |d: Duration| 1.0 / d.as_secs_f64();
+            for (i, u) in g.uplinks.iter().enumerate() {
+                let active_rate = rate(g.probe_interval);
+                let standby_rate = u.standby_probe_interval.map_or(active_rate, rate);
+                // The first uplink is the active one where all are healthy.
+                let busy = if !g.data_plane_liveness {
+                    active_rate
+                } else if i == 0 {
+                    0.0
+                } else {
+                    standby_rate
+                };
+                if !out.iter().any(|l| l.gateway == u.gateway) {
+                    out.push(ProbeLoad { gateway: u.gateway, quiet: 0.0, busy: 0.0 });
+                }
+                let Some(entry) = out.iter_mut().find(|l| l.gateway == u.gateway) else {
+                    continue;
+                };
+                entry.quiet += active_rate;
+                entry.busy += busy;
+            }
+        }
+        out
+    }
+}

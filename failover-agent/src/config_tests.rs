@@ -194,3 +194,34 @@ fn macs_parse_and_format() {
     assert_eq!(parse_mac("zz:00:5e:00:53:01"), None);
     assert_eq!(format_mac(&[2, 0, 0x5e, 0, 0x53, 1]), "02:00:5e:00:53:01");
 }
+
+#[test]
+fn the_probe_load_per_gateway_follows_the_formula() {
+    let text = "[[group]]\nname = \"ext\"\nbridge = \"br\"\nprobe_interval_ms = 10\n\
+                [[group.uplink]]\nname = \"a\"\ninterface = \"eth0\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\
+                [[group.uplink]]\nname = \"b\"\ninterface = \"eth1\"\ngateway = \"192.0.2.2\"\nprobe_source = \"192.0.2.250\"\n\
+                standby_probe_interval_ms = 100\n\
+                [[group]]\nname = \"old\"\nbridge = \"br\"\nprobe_interval_ms = 100\ndata_plane_liveness = false\n\
+                [[group.uplink]]\nname = \"a\"\ninterface = \"eth2\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.251\"\n\
+                [[group.uplink]]\nname = \"b\"\ninterface = \"eth3\"\ngateway = \"192.0.2.2\"\nprobe_source = \"192.0.2.251\"\n";
+    let c = parse(text, Path::new("t.toml")).unwrap();
+    let load = c.probe_load();
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let got: Vec<(String, f64, f64)> =
+        load.iter().map(|l| (l.gateway.to_string(), round(l.quiet), round(l.busy))).collect();
+    assert_eq!(
+        got,
+        vec![("192.0.2.1".into(), 110.0, 10.0), ("192.0.2.2".into(), 110.0, 20.0)],
+        "quiet: 100 + 10 each; busy: ext's active 0, its standby 10/s; old: 10/s whatever"
+    );
+}
+
+#[test]
+fn a_standby_interval_below_the_groups_is_refused() {
+    let text = "[[group]]\nname = \"ext\"\nbridge = \"br\"\nprobe_interval_ms = 100\n\
+                [[group.uplink]]\nname = \"a\"\ninterface = \"eth0\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\
+                [[group.uplink]]\nname = \"b\"\ninterface = \"eth1\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\
+                standby_probe_interval_ms = 50\n";
+    let e = parse(text, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("uplink \"b\", standby_probe_interval_ms: 50 is out of range 100..=60000"), "{e}");
+}

@@ -266,6 +266,26 @@ fn run(path: &Path) -> Result<(), ExitCode> {
     })
 }
 
+/// The probe load the file puts on each gateway (see `Config::probe_load`).
+fn print_probe_load(c: &Config) {
+    const FLEET: f64 = 1000.0;
+    println!(
+        "probe load per gateway (an uplink probes every probe_interval_ms while its gateway sends it nothing, \
+         every standby_probe_interval_ms while not active, and not at all while frames from its gateway arrive):"
+    );
+    for l in c.probe_load() {
+        println!(
+            "  {}: at most {:.0} probes/s from this host ({:.0}/s with traffic on the active uplinks); \
+             {FLEET:.0} such hosts -> {:.0}/s ({:.0}/s)",
+            l.gateway,
+            l.quiet,
+            l.busy,
+            l.quiet * FLEET,
+            l.busy * FLEET
+        );
+    }
+}
+
 fn refuse_running(pid: Option<u32>, lock: &Path) -> ExitCode {
     let pid = pid.map_or_else(|| "pid unknown".into(), |p| format!("pid {p}"));
     eprintln!(
@@ -365,6 +385,7 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => load(&config).map(|c| {
             let uplinks: usize = c.groups.iter().map(|g| g.uplinks.len()).sum();
             println!("{}: valid ({} group(s), {uplinks} uplink(s))", config.display(), c.groups.len());
+            print_probe_load(&c);
         }),
         Command::Run { config } => run(&config),
         Command::Status { target, json } => ask(&target, &Request::Status).map(|r| {

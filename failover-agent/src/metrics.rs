@@ -47,6 +47,8 @@ pub struct Metrics {
     pub switchovers: IntCounterVec,
     pub probes_sent: IntCounterVec,
     pub probe_replies: IntCounterVec,
+    pub gateway_frames: IntCounterVec,
+    pub liveness_proof: IntGaugeVec,
     pub probe_replies_rejected: IntCounterVec,
     pub probe_rtt: HistogramVec,
     pub switchover_duration: HistogramVec,
@@ -140,6 +142,16 @@ impl Metrics {
                 GU,
             ),
             probe_replies: counter("failover_probe_replies_total", "Valid probe replies counted by the datapath", GU),
+            gateway_frames: counter(
+                "failover_gateway_frames_total",
+                "Frames from the uplink's gateway (its MAC, on that uplink) counted by the datapath: data-plane liveness",
+                GU,
+            ),
+            liveness_proof: gauge(
+                "failover_liveness_proof",
+                "1 for what proved the uplink's gateway alive last (source: reply or traffic)",
+                &["group", "uplink", "source"],
+            ),
             probe_replies_rejected: counter(
                 "failover_probe_replies_rejected_total",
                 "Replies addressed to the agent that failed validation (spoofed, misdirected, wrong VLAN, ...)",

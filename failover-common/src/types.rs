@@ -27,8 +27,12 @@ pub const MAP_PROBES: &str = "PROBES";
 pub const MAP_DEVS: &str = "DEVS";
 /// Name of the ring buffer of the kernel's own switchovers.
 pub const MAP_KEVENTS: &str = "KEVENTS";
+/// Name of the per-CPU array of frames from each uplink's gateway (slot ->
+/// count): data-plane liveness. A map of its own, so that adding it left
+/// the other maps' layout (and [`LAYOUT_VERSION`]) as it was.
+pub const MAP_GWFRAMES: &str = "GWFRAMES";
 /// Every map, in the order they are pinned.
-pub const MAPS: [&str; 6] = [MAP_UPLINKS, MAP_GROUPS, MAP_STATS, MAP_PROBES, MAP_DEVS, MAP_KEVENTS];
+pub const MAPS: [&str; 7] = [MAP_UPLINKS, MAP_GROUPS, MAP_STATS, MAP_PROBES, MAP_DEVS, MAP_KEVENTS, MAP_GWFRAMES];
 /// Name of the XDP program in the object.
 pub const PROG_XDP: &str = "failover_xdp";
 /// Name of the TC egress program in the object.
@@ -231,10 +235,11 @@ pub struct ProbeCount {
     pub sent: u64,
     /// Valid replies counted.
     pub answered: u64,
-    /// `sent` when the last valid reply was counted: `sent - acked` probes
-    /// are unanswered since.
+    /// `sent` when the last valid reply (or a frame from the gateway, with
+    /// probes outstanding) was counted: `sent - acked` probes are
+    /// unanswered since.
     pub acked: u64,
-    /// `CLOCK_MONOTONIC` time of the last valid reply (0: none yet).
+    /// `CLOCK_MONOTONIC` time of that last proof of life (0: none yet).
     pub last_reply_ns: u64,
 }
 

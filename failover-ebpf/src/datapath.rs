@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use failover_common::{
     DEV_WINDOW_LEN, DevRef, GroupState, KEVENTS_BYTES, KernelSwitch, MAX_GROUP_UPLINKS, MAX_GROUPS, MAX_UPLINKS,
-    PROBE_MARK, ProbeCount, UplinkConfig, UplinkStats,
-    frame::{ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, Egress, Frame, Ingress, classify_ingress, egress_action},
+    PROBE_MARK, ProbeCount, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig, UplinkStats,
+    frame::{ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, Egress, Frame, Ingress, classify_ingress, egress_action, mac_eq},
     rule::{Fault, Policy, choose, link_lost, probes_unanswered, silent},
 };
 
@@ -39,6 +39,11 @@ static WINDOW: PerCpuArray<[u8; DEV_WINDOW_LEN]> = PerCpuArray::with_max_entries
 /// (too big for the BPF stack next to everything else).
 #[map(name = "SCRATCH")]
 static SCRATCH: PerCpuArray<GroupState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Frames from each uplink's gateway (its validated MAC, arriving on that
+/// uplink): data-plane liveness, read by the agent like the replies.
+#[map(name = "GWFRAMES")]
+static GWFRAMES: PerCpuArray<u64> = PerCpuArray::pinned(MAX_UPLINKS, 0);
 
 #[map(name = "KEVENTS")]
 static KEVENTS: RingBuf = RingBuf::pinned(KEVENTS_BYTES, 0);
@@ -475,6 +480,12 @@ fn ingress<F: Frame>(frame: &F, ifindex: u32) -> bool {
             active
         }
         Ingress::Other => {
+            if cfg.flags & UPLINK_GATEWAY_MAC_KNOWN != 0 {
+                let mut src = [0u8; 6];
+                if frame.read(6, &mut src) && mac_eq(&src, &cfg.gateway_mac) {
+                    gateway_frame(cfg.slot);
+                }
+            }
             if active || group.is_some_and(|g| standby_takes_over(cfg.group, g, ifindex)) {
                 true
             } else {
@@ -483,6 +494,30 @@ fn ingress<F: Frame>(frame: &F, ifindex: u32) -> bool {
                 }
                 false
             }
+        }
+    }
+}
+
+/// A frame from the uplink's gateway arrived on it: as good a proof that
+/// the gateway lives as a reply. Counted per CPU; and if probes are
+/// outstanding, they are acknowledged (the fast rule's silence needs
+/// probes unanswered *and* nothing from the gateway since). The clock is
+/// read and the shared entry written only then, not on every frame.
+#[inline(always)]
+fn gateway_frame(slot: u32) {
+    if let Some(n) = GWFRAMES.get_ptr_mut(slot) {
+        // SAFETY: per-CPU value, only this CPU writes it while we run.
+        unsafe { *n += 1 };
+    }
+    let Some(p) = PROBES.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: a valid map value.
+    unsafe {
+        let sent = core::ptr::read_volatile(&raw const (*p).sent);
+        if core::ptr::read_volatile(&raw const (*p).acked) < sent {
+            core::ptr::write_volatile(&raw mut (*p).acked, sent);
+            core::ptr::write_volatile(&raw mut (*p).last_reply_ns, bpf_ktime_get_ns());
         }
     }
 }

@@ -139,6 +139,7 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
                     self.telemetry.counters(&[group, uplink], &rt.counters, &c, rt.last_probe_mono);
                     self.topo.rt_mut(g, u).counters = c;
                     self.core.handle_replies(g, u, c.valid_replies, c.gateway_mac);
+                    self.core.handle_traffic(g, u, c.gateway_frames);
                 }
                 Err(e) => warn!(error = %anyhow::Error::from(e), "reading counters"),
             }

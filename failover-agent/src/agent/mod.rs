@@ -82,6 +82,16 @@ fn monotonic() -> Duration {
     Duration::new(ts.tv_sec.unsigned_abs(), ts.tv_nsec.unsigned_abs() as u32)
 }
 
+/// A random offset below `interval` (std's per-process random hash keys:
+/// no randomness needed beyond "not in step with another host").
+fn random_phase(interval: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    let nanos = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(h.finish() % nanos)
+}
+
 fn ovs_alarm_message(bridge: &str) -> String {
     format!("OVS bridge {bridge} does not answer: the datapath keeps steering; the agent's rules return when it does")
 }
@@ -126,8 +136,14 @@ impl<D: Datapath, P: ProbeTransport> Agent<D, P> {
             let bridges: BTreeSet<String> = config.groups.iter().map(|g| g.bridge.clone()).collect();
             OvsSync::new(groups, bridges, now)
         });
+        let mut core = Core::new(&config, now);
+        // A random phase per group (less than its interval), so that a
+        // fleet's probes do not reach the gateways in step.
+        for (g, group) in config.groups.iter().enumerate() {
+            core.set_phase(g, random_phase(group.probe_interval));
+        }
         Ok(Self {
-            core: Core::new(&config, now),
+            core,
             kernel_carrier: dp.kernel_carrier(),
             config,
             topo,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::{
     config::Config,
     datapath::Counters,
-    failover::{AlarmKind, Core, Decider, Gateway, Link, Part, Reason},
+    failover::{AlarmKind, Core, Decider, Gateway, Link, Part, Proof, Reason},
     metrics::Metrics,
 };
 
@@ -43,6 +43,7 @@ impl Telemetry {
         let delta = |new: u64, old: u64| if new >= old { new - old } else { new };
         let m = &self.metrics;
         m.probe_replies.with_label_values(labels).inc_by(delta(new.valid_replies, old.valid_replies));
+        m.gateway_frames.with_label_values(labels).inc_by(delta(new.gateway_frames, old.gateway_frames));
         m.probe_replies_rejected.with_label_values(labels).inc_by(delta(new.rejected_replies, old.rejected_replies));
         if new.valid_replies != old.valid_replies
             && let (Some(reply), Some(sent)) = (new.last_reply, last_probe)
@@ -93,6 +94,12 @@ impl Telemetry {
                     .with_label_values(&[group.name.as_str(), uplink.name.as_str(), f.hooks.0, f.hooks.1])
                     .set(i64::from(f.attached));
                 flapping |= view.is_some_and(|v| v.flapping);
+                let proof = view.and_then(|v| v.last_proof);
+                for source in [Proof::Reply, Proof::Traffic] {
+                    m.liveness_proof
+                        .with_label_values(&[group.name.as_str(), uplink.name.as_str(), source.as_str()])
+                        .set(i64::from(proof == Some(source)));
+                }
                 for (part, kind) in [("nic", Part::Nic), ("gateway", Part::Gateway)] {
                     let raised = core
                         .alarms()

@@ -35,9 +35,9 @@ use aya::{
 };
 use failover_common::{
     DEV_WINDOW_LEN, DevRef, GLOBAL_CARRIER_READS, GLOBAL_DEV_FLAGS, GLOBAL_DEV_IFINDEX, GLOBAL_DEV_STATE,
-    GLOBAL_DEV_WINDOW, GLOBAL_SKB_DEV, GroupState, KernelSwitch, LAYOUT_VERSION, MAP_DEVS, MAP_GROUPS, MAP_KEVENTS,
-    MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAPS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP, PROG_XDP_FRAGS,
-    ProbeCount, UplinkConfig, UplinkStats,
+    GLOBAL_DEV_WINDOW, GLOBAL_SKB_DEV, GroupState, KernelSwitch, LAYOUT_VERSION, MAP_DEVS, MAP_GROUPS, MAP_GWFRAMES,
+    MAP_KEVENTS, MAP_PROBES, MAP_STATS, MAP_UPLINKS, MAPS, MAX_UPLINKS, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    PROG_XDP_FRAGS, ProbeCount, UplinkConfig, UplinkStats,
 };
 use tracing::{debug, info, warn};
 
@@ -709,7 +709,15 @@ impl EbpfDatapath {
         probes.set(slot, ProbeCount::default(), 0).map_err(map_err(MAP_PROBES, format!("zero slot {slot}")))?;
         let mut devs: Array<_, DevRef> =
             Array::try_from(map_mut(&mut self.ebpf, MAP_DEVS)?).map_err(map_err(MAP_DEVS, "open"))?;
-        devs.set(slot, DevRef::default(), 0).map_err(map_err(MAP_DEVS, format!("zero slot {slot}")))
+        devs.set(slot, DevRef::default(), 0).map_err(map_err(MAP_DEVS, format!("zero slot {slot}")))?;
+        let mut frames: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map_mut(&mut self.ebpf, MAP_GWFRAMES)?).map_err(map_err(MAP_GWFRAMES, "open"))?;
+        let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| DatapathError::Map {
+            map: MAP_GWFRAMES,
+            op: format!("zero slot {slot}"),
+            source: MapError::SyscallError(aya::sys::SyscallError { call: "PerCpuValues", io_error: e }),
+        })?;
+        frames.set(slot, zeros, 0).map_err(map_err(MAP_GWFRAMES, format!("zero slot {slot}")))
     }
 
     /// Removes pins of `ifname` left from an interface with another ifindex
@@ -881,7 +889,12 @@ impl Datapath for EbpfDatapath {
         let map = map_ref(&self.ebpf, MAP_STATS)?;
         let stats: PerCpuArray<_, UplinkStats> = PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
         let values = stats.get(&slot, 0).map_err(map_err(MAP_STATS, format!("read slot {slot}")))?;
-        Ok(Counters::sum(values.iter()))
+        let mut c = Counters::sum(values.iter());
+        let map = map_ref(&self.ebpf, MAP_GWFRAMES)?;
+        let frames: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err(MAP_GWFRAMES, "open"))?;
+        c.gateway_frames =
+            frames.get(&slot, 0).map_err(map_err(MAP_GWFRAMES, format!("read slot {slot}")))?.iter().sum();
+        Ok(c)
     }
 
     fn pinned_uplinks(&self) -> Result<Vec<(u32, UplinkConfig)>, DatapathError> {

@@ -180,6 +180,8 @@ pub struct Counters {
     pub egress_dropped: u64,
     pub egress_rewritten: u64,
     pub probes_out: u64,
+    /// Frames from the uplink's gateway (data-plane liveness).
+    pub gateway_frames: u64,
 }
 
 impl Counters {

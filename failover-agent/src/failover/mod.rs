@@ -266,6 +266,28 @@ pub struct UplinkView {
     pub last_gateway_mac: Option<[u8; 6]>,
     /// Valid replies counted by the datapath.
     pub replies: u64,
+    /// Frames from the gateway counted by the datapath.
+    pub gateway_frames: u64,
+    /// What proved the gateway alive last (None: nothing yet).
+    pub last_proof: Option<Proof>,
+}
+
+/// What proved a gateway alive in a probe round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    /// A valid reply to a probe.
+    Reply,
+    /// A frame from the gateway (data-plane liveness): no probe was needed.
+    Traffic,
+}
+
+impl Proof {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reply => "reply",
+            Self::Traffic => "traffic",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -278,6 +300,7 @@ struct Params {
     flap_threshold: u32,
     flap_window: Duration,
     relearn_after: Duration,
+    data_plane_liveness: bool,
 }
 
 #[derive(Debug)]
@@ -287,8 +310,16 @@ struct UplinkFsm {
     answered: u32,
     unanswered: u32,
     replies: u64,
-    /// The reply count when the outstanding probe was sent (None: no probe out).
+    /// The reply count at the last round (None: no round yet).
     replies_at_probe: Option<u64>,
+    /// Frames from the gateway counted by the datapath, and their count at
+    /// the last round.
+    traffic: u64,
+    traffic_at_round: u64,
+    last_proof: Option<Proof>,
+    /// Judged and probed every this many rounds while not the active
+    /// uplink (`standby_probe_interval_ms`); 1: every round.
+    standby_every: u32,
     configured_mac: Option<[u8; 6]>,
     learned_mac: Option<[u8; 6]>,
     last_mac: Option<[u8; 6]>,
@@ -336,6 +367,8 @@ struct GroupFsm {
     /// A forced switch to an unhealthy uplink holds traffic there until it is healthy.
     operator_hold: bool,
     next_probe: Instant,
+    /// Probe rounds so far (the standbys' cadence counts in them).
+    rounds: u64,
     last_switch: Option<Switchover>,
 }
 
@@ -363,6 +396,7 @@ impl Core {
                     flap_threshold: g.flap_threshold,
                     flap_window: g.flap_window,
                     relearn_after: g.relearn_after,
+                    data_plane_liveness: g.data_plane_liveness,
                 },
                 uplinks: g
                     .uplinks
@@ -374,6 +408,14 @@ impl Core {
                         unanswered: 0,
                         replies: 0,
                         replies_at_probe: None,
+                        traffic: 0,
+                        traffic_at_round: 0,
+                        last_proof: None,
+                        standby_every: u.standby_probe_interval.map_or(1, |s| {
+                            u32::try_from(s.as_millis().div_ceil(g.probe_interval.as_millis().max(1)))
+                                .unwrap_or(u32::MAX)
+                                .max(1)
+                        }),
                         configured_mac: u.gateway_mac,
                         learned_mac: None,
                         last_mac: u.gateway_mac,
@@ -388,6 +430,7 @@ impl Core {
                 active: None,
                 operator_hold: false,
                 next_probe: now,
+                rounds: 0,
                 last_switch: None,
             })
             .collect();
@@ -504,6 +547,26 @@ impl Core {
         }
     }
 
+    /// The datapath's count of frames from an uplink's gateway (`total` so
+    /// far): data-plane liveness, judged with the replies each round.
+    pub fn handle_traffic(&mut self, group: usize, uplink: usize, total: u64) {
+        let Some(u) = self.groups.get_mut(group).and_then(|g| g.uplinks.get_mut(uplink)) else {
+            return;
+        };
+        if total < u.traffic {
+            u.traffic_at_round = total; // counters started over: rebase
+        }
+        u.traffic = total;
+    }
+
+    /// Delays group `group`'s first probe round by `offset` (at most its
+    /// interval): hosts started together then do not probe in step.
+    pub fn set_phase(&mut self, group: usize, offset: Duration) {
+        if let Some(g) = self.groups.get_mut(group) {
+            g.next_probe += offset.min(g.params.interval);
+        }
+    }
+
     /// The groups whose probe round is due at `now` (the driver reads only
     /// their counters before [`Core::handle_timeout`]).
     pub fn due_groups(&self, now: Instant) -> Vec<usize> {
@@ -587,6 +650,8 @@ impl Core {
             gateway_mac: u.gateway_mac(),
             last_gateway_mac: u.last_mac,
             replies: u.replies,
+            gateway_frames: u.traffic,
+            last_proof: u.last_proof,
         })
     }
 
@@ -598,6 +663,9 @@ impl Core {
     fn probe_round(&mut self, group: usize, now: Instant) {
         let g = &mut self.groups[group];
         let params = g.params;
+        let round = g.rounds;
+        g.rounds += 1;
+        let active = g.active;
         for (index, u) in g.uplinks.iter_mut().enumerate() {
             // A gateway down for `relearn_after` may have been replaced (a
             // new MAC): its learned MAC is forgotten and any is accepted
@@ -614,8 +682,22 @@ impl Core {
             if u.link != Link::Up {
                 continue;
             }
+            // A standby with a cadence of its own is judged and probed on
+            // every `standby_every`-th round only.
+            if active.is_some_and(|a| a != index)
+                && u.standby_every > 1
+                && !round.is_multiple_of(u64::from(u.standby_every))
+            {
+                continue;
+            }
+            // Frames from the gateway since the last round prove it alive
+            // as a reply does (and then no probe is needed).
+            let traffic = params.data_plane_liveness && u.traffic > u.traffic_at_round;
+            u.traffic_at_round = u.traffic;
             if let Some(base) = u.replies_at_probe {
-                if u.replies > base {
+                let replied = u.replies > base;
+                if replied || traffic {
+                    u.last_proof = Some(if replied { Proof::Reply } else { Proof::Traffic });
                     u.answered = u.answered.saturating_add(1);
                     u.unanswered = 0;
                     if u.gateway != Gateway::Up && u.answered >= params.up_after {
@@ -632,6 +714,9 @@ impl Core {
                 }
             }
             u.replies_at_probe = Some(u.replies);
+            if traffic {
+                continue; // alive by its traffic: no probe this round
+            }
             self.actions.push_back(Action::SendProbe { group, uplink: index, gateway_mac: u.gateway_mac() });
         }
     }

@@ -537,3 +537,115 @@ fn the_kernel_policy_allows_the_healthy_and_prefers_the_stable() {
     h.drain();
     assert!(h.core.kernel_policy(0).is_some_and(|p| p.hold), "forced onto an unhealthy uplink: held");
 }
+
+/// Data-plane liveness: frames counted from uplink `u`'s gateway.
+fn traffic(h: &mut H, u: usize, total: u64) {
+    h.core.handle_traffic(0, u, total);
+}
+
+#[test]
+fn traffic_from_the_gateway_stands_in_for_probes() {
+    let mut h = H::healthy(2, "never");
+    // Frames from the primary's gateway every round: no probe on it, the
+    // standby (no traffic) still probed, and the primary stays healthy.
+    let mut frames = 0;
+    for _ in 0..10 {
+        frames += 50;
+        traffic(&mut h, 0, frames);
+        let a = h.tick(&[1]);
+        assert_eq!(probes(&a).iter().map(|p| p.0).collect::<Vec<_>>(), vec![1], "only the standby probed");
+        assert!(switches(&a).is_empty());
+    }
+    let v = h.core.uplink(0, 0).unwrap();
+    assert!(v.healthy);
+    assert_eq!(v.last_proof, Some(Proof::Traffic));
+    assert_eq!(h.core.uplink(0, 1).unwrap().last_proof, Some(Proof::Reply));
+}
+
+#[test]
+fn a_quiet_gateway_is_probed_again_and_found_dead_as_fast_as_without_traffic() {
+    let mut h = H::healthy(2, "never");
+    traffic(&mut h, 0, 100);
+    h.tick(&[1]);
+    // Traffic and replies stop: the first quiet round counts as one miss
+    // and probes; down after `down_after` (3) rounds, as with probes only.
+    let a = h.tick(&[1]);
+    assert!(probes(&a).iter().any(|p| p.0 == 0), "probed once quiet");
+    assert!(switches(&a).is_empty());
+    let a = h.tick(&[1]);
+    assert!(switches(&a).is_empty());
+    let a = h.tick(&[1]);
+    assert_eq!(switches(&a), vec![(Some(0), 1, Reason::GatewaySilent)], "down on the 3rd quiet round");
+    assert!(h.alarms(&a).contains(&format!("raise: {GW_PRIMARY}")));
+}
+
+#[test]
+fn a_policed_gateway_answering_some_probes_stays_up_while_its_traffic_flows() {
+    let mut h = H::healthy(2, "never");
+    let mut frames = 0;
+    for round in 0..50 {
+        frames += 10;
+        traffic(&mut h, 0, frames);
+        // Its replies are dropped by a policer most of the time.
+        let answering: &[usize] = if round % 5 == 0 { &[0, 1] } else { &[1] };
+        let a = h.tick(answering);
+        assert!(switches(&a).is_empty(), "round {round}: {a:?}");
+    }
+    assert!(h.core.uplink(0, 0).unwrap().healthy);
+}
+
+#[test]
+fn without_data_plane_liveness_every_uplink_is_probed_and_traffic_proves_nothing() {
+    let text = "[[group]]\nname = \"ext\"\nbridge = \"br\"\nprobe_interval_ms = 100\ndata_plane_liveness = false\n\
+                [[group.uplink]]\nname = \"primary\"\ninterface = \"eth0\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\
+                [[group.uplink]]\nname = \"standby\"\ninterface = \"eth1\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n";
+    let cfg = config::parse(text, Path::new("test.toml")).unwrap();
+    let mut h = H { core: Core::new(&cfg, Instant::now()), cfg, now: Instant::now(), replies: vec![0; 2] };
+    h.link(0, Link::Up);
+    h.link(1, Link::Up);
+    h.core.handle_timeout(h.now);
+    h.ticks(4, &[0, 1]);
+    let mut frames = 0;
+    let mut switched = Vec::new();
+    for _ in 0..4 {
+        frames += 50;
+        traffic(&mut h, 0, frames);
+        let a = h.tick(&[1]);
+        assert!(probes(&a).iter().any(|p| p.0 == 0), "the primary is probed whatever its traffic");
+        switched.extend(switches(&a));
+    }
+    assert_eq!(switched, vec![(Some(0), 1, Reason::GatewaySilent)], "its silence is judged by the replies alone");
+}
+
+#[test]
+fn a_standby_interval_probes_the_standby_less_often() {
+    let text = "[[group]]\nname = \"ext\"\nbridge = \"br\"\nprobe_interval_ms = 100\n\
+                [[group.uplink]]\nname = \"primary\"\ninterface = \"eth0\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\
+                [[group.uplink]]\nname = \"standby\"\ninterface = \"eth1\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\
+                standby_probe_interval_ms = 250\n";
+    let cfg = config::parse(text, Path::new("test.toml")).unwrap();
+    assert_eq!(cfg.groups[0].uplinks[1].standby_probe_interval, Some(Duration::from_millis(300)), "rounded up");
+    let mut h = H { core: Core::new(&cfg, Instant::now()), cfg, now: Instant::now(), replies: vec![0; 2] };
+    h.link(0, Link::Up);
+    h.link(1, Link::Up);
+    h.core.handle_timeout(h.now);
+    for _ in 0..12 {
+        h.tick(&[0, 1]);
+    }
+    assert!(h.core.uplink(0, 1).unwrap().healthy);
+    let a = h.ticks(30, &[0, 1]);
+    let to = |u: usize| probes(&a).iter().filter(|p| p.0 == u).count();
+    assert_eq!(to(0), 30);
+    assert_eq!(to(1), 10, "one round in three");
+}
+
+#[test]
+fn phases_delay_only_the_first_round() {
+    let cfg = config(2, "never");
+    let now = Instant::now();
+    let mut core = Core::new(&cfg, now);
+    core.set_phase(0, Duration::from_millis(40));
+    assert_eq!(core.poll_timeout(), Some(now + Duration::from_millis(40)));
+    core.set_phase(0, Duration::from_secs(9));
+    assert_eq!(core.poll_timeout(), Some(now + Duration::from_millis(140)), "at most one interval more");
+}
