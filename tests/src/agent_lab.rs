@@ -45,6 +45,10 @@ pub struct LabOptions {
     pub hold_down_ms: u64,
     /// More lines for the `[agent]` table (e.g. `tc_attach = "netlink"`).
     pub agent_extra: String,
+    /// More lines for the `[[group]]` table (e.g. `data_plane_liveness = false`).
+    pub group_extra: String,
+    /// More lines for the standby's `[[group.uplink]]` table.
+    pub standby_extra: String,
 }
 
 impl Default for LabOptions {
@@ -57,6 +61,8 @@ impl Default for LabOptions {
             failback: "never",
             hold_down_ms: 1000,
             agent_extra: String::new(),
+            group_extra: String::new(),
+            standby_extra: String::new(),
         }
     }
 }
@@ -270,9 +276,9 @@ impl AgentLab {
         let text = format!(
             "[agent]\nstate_dir = \"{state}\"\nbpf_pin_dir = \"{pins}\"\ncontrol_socket = \"{sock}\"\nmetrics_listen = \"127.0.0.1:0\"\novs_flows = false\n{extra}\n\
              [[group]]\nname = \"ext\"\nbridge = \"br0\"\nprobe_interval_ms = {pi}\ndown_after = {down}\nup_after = {up}\n\
-             failback = \"{fb}\"\nhold_down_ms = {hd}\n\n\
+             failback = \"{fb}\"\nhold_down_ms = {hd}\n{gextra}\n\
              [[group.uplink]]\nname = \"primary\"\ninterface = \"up1\"\ngateway = \"{gateway}\"\nprobe_source = \"{source}\"\n\n\
-             [[group.uplink]]\nname = \"standby\"\ninterface = \"up2\"\ngateway = \"{gateway}\"\nprobe_source = \"{source}\"\n",
+             [[group.uplink]]\nname = \"standby\"\ninterface = \"up2\"\ngateway = \"{gateway}\"\nprobe_source = \"{source}\"\n{sextra}",
             state = self.dir.join("state").display(),
             pins = self.pins.path().display(),
             sock = self.socket_path().display(),
@@ -282,6 +288,8 @@ impl AgentLab {
             fb = o.failback,
             hd = o.hold_down_ms,
             extra = o.agent_extra,
+            gextra = o.group_extra,
+            sextra = o.standby_extra,
         );
         fs::write(self.config_path(), text).expect("writing the lab config");
     }
