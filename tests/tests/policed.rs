@@ -39,6 +39,11 @@ fn police_arp(ns: &Netns, dev: &str) {
     assert!(child.wait().expect("nft").success(), "nft refused the policer");
 }
 
+/// A count as a float (probe counts are far below 2^52).
+fn count(n: u64) -> f64 {
+    f64::from(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 fn switchovers(s: &Status) -> Option<&str> {
     s.groups[0].last_switchover.as_ref().map(|sw| sw.to.as_str())
 }
@@ -56,7 +61,7 @@ fn policed_run(options: LabOptions, secs: u64) -> (Vec<String>, f64, f64) {
     // Quiet: the primary is probed at its interval.
     let quiet_from = lab.status().groups[0].uplinks[0].probes_sent;
     std::thread::sleep(Duration::from_secs(1));
-    let quiet = (lab.status().groups[0].uplinks[0].probes_sent - quiet_from) as f64;
+    let quiet = count(lab.status().groups[0].uplinks[0].probes_sent - quiet_from);
 
     let back_sink = udp::sink(&lab.vm, 91, 0);
     let back = udp::source(&lab.gw1, SocketAddr::from(([192, 0, 2, 10], PORT)), 91, RATE, RATE * (secs + 5));
@@ -80,7 +85,7 @@ fn policed_run(options: LabOptions, secs: u64) -> (Vec<String>, f64, f64) {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let busy = (lab.status().groups[0].uplinks[0].probes_sent - from) as f64 / t0.elapsed().as_secs_f64();
+    let busy = count(lab.status().groups[0].uplinks[0].probes_sent - from) / t0.elapsed().as_secs_f64();
     let r = out.finish();
     let sent = back.stop();
     let back_report = udp::report(sent, 1, &back_sink.stop());
