@@ -204,6 +204,9 @@ struct Rep {
     switched: bool,
     /// The kernel made the switchover (agent only).
     by_kernel: bool,
+    /// Probes/s the agent sent on the active uplink and on the other one,
+    /// during the measurement (traffic flowing both ways).
+    probe_rates: Option<(f64, f64)>,
 }
 
 struct Options {
@@ -324,6 +327,7 @@ fn rep(
     let downs = [udp::source(&lab.gw1, to_vm, stream, o.rate, max), udp::source(&lab.gw2, to_vm, stream, o.rate, max)];
     std::thread::sleep(BEFORE);
     let before = if sys.bond.is_none() { Some(lab.status()) } else { None };
+    let before_at = Instant::now();
     if scenario == Scenario::LinkFaultTap {
         lab.host.ip(&["link", "set", "lw0", "up"]);
         std::thread::sleep(Duration::from_millis(100));
@@ -399,8 +403,17 @@ fn rep(
         up_arrivals.iter().filter(|a| a.2 != old && a.0 >= last_old).map(|a| a.0).fold(f64::INFINITY, f64::min);
     let switch_gap_ms = if first_new.is_finite() && last_old.is_finite() { first_new - last_old } else { up_gap_ms };
     let (mut alarm_ms, mut map_update_us, mut switched, mut by_kernel) = (None, None, false, false);
+    let mut probe_rates = None;
     if sys.bond.is_none() {
         let s: Status = lab.status();
+        if let Some(b) = &before {
+            let secs = before_at.elapsed().as_secs_f64();
+            let rate = |u: usize| {
+                let n = s.groups[0].uplinks[u].probes_sent.saturating_sub(b.groups[0].uplinks[u].probes_sent);
+                f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / secs
+            };
+            probe_rates = Some((rate(old), rate(1 - old.min(1))));
+        }
         let kind = if scenario.link_fault() {
             Some("nic")
         } else if scenario == Scenario::GatewaySilent {
@@ -450,6 +463,7 @@ fn rep(
         map_update_us,
         switched,
         by_kernel,
+        probe_rates,
     })
 }
 
@@ -750,6 +764,35 @@ fn overhead(o: &Options) -> Result<Vec<Overhead>, String> {
     Ok(out)
 }
 
+/// The probe load section: the no-fault repetitions (traffic both ways,
+/// from both gateways: the lab's gateway 2 sends to the VM too).
+fn probe_load_md(md: &mut String, o: &Options, rows: &[Row]) {
+    let _ = writeln!(
+        md,
+        "## Probe load\n\nProbes/s per uplink during the no-fault repetitions (traffic both ways; both gateways send \
+         to the VM, so the standby carries gateway traffic too), median over repetitions, next to the fixed rate \
+         (`data_plane_liveness = false`, or no traffic at all: one probe per uplink per interval):\n\n\
+         | system | probe interval ms | active uplink probes/s | other uplink probes/s | fixed rate, per uplink |\n|---|---|---|---|---|"
+    );
+    for r in rows.iter().filter(|r| r.scenario == Scenario::NoFault && !r.system.starts_with("OVS")) {
+        let mut act: Vec<f64> = r.reps.iter().filter_map(|x| x.probe_rates.map(|p| p.0)).collect();
+        let mut oth: Vec<f64> = r.reps.iter().filter_map(|x| x.probe_rates.map(|p| p.1)).collect();
+        if act.is_empty() {
+            continue;
+        }
+        let interval = if r.system.contains("1 ms") { 1 } else { o.probe_interval_ms };
+        let _ = writeln!(
+            md,
+            "| {} | {interval} | {:.2} | {:.2} | {:.0} |",
+            r.system,
+            median(&mut act),
+            median(&mut oth),
+            1000.0 / f64::from(u32::try_from(interval).unwrap_or(1))
+        );
+    }
+    let _ = writeln!(md);
+}
+
 fn report_md(o: &Options, rows: &[Row], over: &[Overhead], cost: &[(usize, u64, f64, u64)]) -> String {
     let mut md = String::new();
     let _ = writeln!(
@@ -825,6 +868,20 @@ fn report_md(o: &Options, rows: &[Row], over: &[Overhead], cost: &[(usize, u64, 
         median(&mut updates),
         updates.iter().copied().fold(0.0, f64::max)
     );
+    probe_load_md(&mut md, o, rows);
+    overhead_md(&mut md, over);
+    let _ = writeln!(
+        md,
+        "\n## Agent cost\n\n| groups (2 uplinks each) | probe interval ms | CPU, % of one core | resident memory MiB |\n|---|---|---|---|"
+    );
+    for (groups, interval, cpu, rss) in cost {
+        let _ = writeln!(md, "| {groups} | {interval} | {cpu:.2} | {:.1} |", *rss as f64 / 1024.0);
+    }
+    md
+}
+
+/// The datapath overhead section.
+fn overhead_md(md: &mut String, over: &[Overhead]) {
     let _ = writeln!(
         md,
         "## Datapath overhead (VM -> gateway through OVS)\n\n| datapath | TCP Gbit/s | ratio | UDP RTT median µs | p99 µs |\n|---|---|---|---|---|"
@@ -843,14 +900,6 @@ fn report_md(o: &Options, rows: &[Row], over: &[Overhead], cost: &[(usize, u64, 
             rtt.map_or("-".into(), |r| format!("{:.0}", r.1))
         );
     }
-    let _ = writeln!(
-        md,
-        "\n## Agent cost\n\n| groups (2 uplinks each) | probe interval ms | CPU, % of one core | resident memory MiB |\n|---|---|---|---|"
-    );
-    for (groups, interval, cpu, rss) in cost {
-        let _ = writeln!(md, "| {groups} | {interval} | {cpu:.2} | {:.1} |", *rss as f64 / 1024.0);
-    }
-    md
 }
 
 fn targets(o: &Options, rows: &[Row], cost: &[(usize, u64, f64, u64)], over: &[Overhead]) -> String {
