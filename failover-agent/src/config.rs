@@ -79,9 +79,11 @@ pub struct Group {
     /// forgotten (a replacement gateway is then learned); zero: never.
     pub relearn_after: Duration,
     /// A frame from the gateway proves it alive as a reply does: an uplink
-    /// with such traffic since the last round is not probed (`true`, the
-    /// default); `false`: every uplink probed every round (the fixed rate
-    /// of the first agents).
+    /// with such traffic since the last round is not probed (`true`);
+    /// `false`, the default for now: every uplink probed every round. Off
+    /// by default because a gateway that dies while its traffic flows is
+    /// found up to one interval later (the first probe goes out one round
+    /// after the traffic stops; measured 33.8 ms against 26.3 ms at 10 ms x 3).
     pub data_plane_liveness: bool,
     /// In priority order: the first is the primary.
     pub uplinks: Vec<Uplink>,
@@ -183,7 +185,7 @@ struct RawGroup {
     flap_window_ms: u64,
     #[serde(default = "default_relearn_after_ms")]
     relearn_after_ms: u64,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     data_plane_liveness: bool,
     #[serde(default, rename = "uplink")]
     uplinks: Vec<RawUplink>,
@@ -199,10 +201,6 @@ struct RawUplink {
     gateway_mac: Option<String>,
     vlan: Option<i64>,
     standby_probe_interval_ms: Option<u64>,
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_probe_interval_ms() -> u64 {

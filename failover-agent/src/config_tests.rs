@@ -197,7 +197,7 @@ fn macs_parse_and_format() {
 
 #[test]
 fn the_probe_load_per_gateway_follows_the_formula() {
-    let text = "[[group]]\nname = \"ext\"\nbridge = \"br\"\nprobe_interval_ms = 10\n\
+    let text = "[[group]]\nname = \"ext\"\nbridge = \"br\"\nprobe_interval_ms = 10\ndata_plane_liveness = true\n\
                 [[group.uplink]]\nname = \"a\"\ninterface = \"eth0\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\
                 [[group.uplink]]\nname = \"b\"\ninterface = \"eth1\"\ngateway = \"192.0.2.2\"\nprobe_source = \"192.0.2.250\"\n\
                 standby_probe_interval_ms = 100\n\

@@ -271,7 +271,7 @@ fn print_probe_load(c: &Config) {
     const FLEET: f64 = 1000.0;
     println!(
         "probe load per gateway (an uplink probes every probe_interval_ms while its gateway sends it nothing, \
-         every standby_probe_interval_ms while not active, and not at all while frames from its gateway arrive):"
+         every standby_probe_interval_ms while not active, and, with data_plane_liveness = true, not at all while frames from its gateway arrive):"
     );
     for l in c.probe_load() {
         println!(

@@ -100,7 +100,12 @@ fn policed_arp_under_traffic_fails_nothing_over_but_fixed_rate_probing_does() {
     }
     // The standby carries no traffic: probed at a rate the policer lets through.
     let standby = "standby_probe_interval_ms = 100\n".to_string();
-    let options = LabOptions { probe_interval_ms: 10, standby_extra: standby.clone(), ..LabOptions::default() };
+    let options = LabOptions {
+        probe_interval_ms: 10,
+        standby_extra: standby.clone(),
+        group_extra: "data_plane_liveness = true\n".into(),
+        ..LabOptions::default()
+    };
     let (switches, busy, quiet) = policed_run(options, 60);
     eprintln!(
         "data-plane liveness: {} switchovers in 60 s; primary probes/s: {busy:.2} under traffic, {quiet:.0} quiet",
