@@ -33,7 +33,7 @@ fn promtool_checks_and_unit_tests_the_shipped_alert_rules() {
     let dir = deploy().join("prometheus");
     let (ok, out) = run(Command::new("promtool").arg("check").arg("rules").arg(dir.join("alerts.yml")));
     assert!(ok, "{out}");
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
     let (ok, out) = run(Command::new("promtool").current_dir(&dir).args(["test", "rules", "alerts_test.yml"]));
     assert!(ok, "{out}");
 }
@@ -47,6 +47,7 @@ fn every_alarm_kind_has_an_alert_naming_host_and_part() {
         ("FailoverNoHealthyUplink", "failover_no_healthy_uplink"),
         ("FailoverFlapping", "failover_flapping"),
         ("FailoverOVSUnreachable", "failover_ovs_reachable"),
+        ("FailoverDatapathNotAttached", "failover_datapath_attached"),
         ("FailoverAgentDown", "up{job=\"failover-agent\"}"),
     ] {
         let at = rules.find(&format!("alert: {alert}")).unwrap_or_else(|| panic!("no alert {alert}"));
