@@ -296,10 +296,7 @@ impl AgentLab {
 
     /// Starts the agent in the host namespace and waits until it answers.
     pub fn start_agent(&mut self) -> AgentProcess {
-        self.write_config();
-        self.starts += 1;
-        let log = self.dir.join(format!("agent-{}.log", self.starts));
-        spawn_agent(&self.host, &self.config_path(), &self.socket_path(), log)
+        self.start_binary(&agent_binary())
     }
 
     /// [`Self::start_agent`] with the `failover-agent` binary at `bin`.

@@ -12,7 +12,7 @@ use failover_agent::control::Status;
 use failover_tests::{
     Netns, PinDir,
     agent_lab::{spawn_agent, wait_for},
-    privileged, unique_name,
+    cpu_ticks, privileged, unique_name,
 };
 
 const GROUPS: usize = 16;
@@ -31,14 +31,6 @@ fn ipv6(g: usize) -> bool {
 /// Interface index of uplink `u` of group `g` (names `u<i>` / `g<i>`).
 fn index(g: usize, u: usize) -> usize {
     (0..g).map(uplinks_of).sum::<usize>() + u
-}
-
-/// CPU ticks (user + system) of a process.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    field(11) + field(12)
 }
 
 /// Every group but those in `touched` is on its first uplink, healthy, not

@@ -355,7 +355,7 @@ fn detach_pin(path: &Path, pin: Pin, ifname: &str, ifindex: u32) -> Result<(), D
                 match link.detach() {
                     Ok(()) => {}
                     // Already gone (the qdisc was removed): nothing to detach.
-                    Err(e) if is_enoent(&e) => {}
+                    Err(e) if is_errno(&e, libc::ENOENT) => {}
                     Err(e) => return Err(err(boxed(e))),
                 }
             } else {
@@ -376,11 +376,6 @@ fn detach_pin(path: &Path, pin: Pin, ifname: &str, ifindex: u32) -> Result<(), D
             Ok(())
         }
     }
-}
-
-/// Whether a program error is the kernel's ENOENT (the filter is not there).
-fn is_enoent(e: &aya::programs::ProgramError) -> bool {
-    is_errno(e, libc::ENOENT)
 }
 
 /// Whether the kernel's answer somewhere in `e`'s chain is `errno`.
@@ -430,10 +425,7 @@ impl EbpfDatapath {
         if !on_bpffs(&opts.pin_dir) {
             return Err(DatapathError::NotBpffs { path: opts.pin_dir.clone() });
         }
-        let tc = tc_kind(opts.tc_attach).map_err(|e| DatapathError::LoadProgram {
-            program: PROG_TC_EGRESS,
-            source: aya::programs::ProgramError::IOError(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)),
-        })?;
+        let tc = tc_kind(opts.tc_attach).map_err(DatapathError::TcAttach)?;
         let hooks = Hooks { ingress: opts.ingress, tc };
         match foreign_layout(&opts.pin_dir) {
             None => {}

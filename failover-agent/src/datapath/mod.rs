@@ -234,6 +234,8 @@ pub enum DatapathError {
     },
     #[error("interface {ifname}: no such interface")]
     NoSuchInterface { ifname: String },
+    #[error("how to attach TC: {0}")]
+    TcAttach(String),
     #[error("interface {ifname}: adding the clsact qdisc")]
     Clsact {
         ifname: String,
