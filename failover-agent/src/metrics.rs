@@ -55,6 +55,11 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub kernel_carrier: IntGaugeVec,
     pub datapath_attached: IntGaugeVec,
+    /// Always 1 per uplink; its `gateway` label (the configured address)
+    /// is what fleet-wide rules aggregate by (`on(instance, group, uplink)
+    /// group_left(gateway)`): one series per uplink, no label added to
+    /// every other metric.
+    pub gateway_info: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -64,6 +69,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 const GU: &[&str] = &["group", "uplink"];
+const GATEWAY_INFO_HELP: &str =
+    "Always 1; the uplink's configured gateway address in a label (join on instance, group, uplink)";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -169,6 +176,7 @@ impl Metrics {
                 &["group"],
                 vec![1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1],
             ),
+            gateway_info: gauge("failover_gateway_info", GATEWAY_INFO_HELP, &["group", "uplink", "gateway"]),
             build_info: gauge("failover_build_info", "Always 1; the agent's version in a label", &["version"]),
             registry,
         }
@@ -295,6 +303,7 @@ mod tests {
         m.probe_replies_rejected.with_label_values(&["ext", "primary"]).inc();
         m.probe_rtt.with_label_values(&["ext", "primary"]).observe(0.0003);
         m.switchover_duration.with_label_values(&["ext"]).observe(0.00002);
+        m.gateway_info.with_label_values(&["ext", "primary", "2001:db8::1"]).set(1);
         let text = m.encode();
         for line in [
             "failover_active_uplink{group=\"ext\",uplink=\"primary\"} 1",
@@ -312,6 +321,7 @@ mod tests {
             "failover_probe_rtt_seconds_bucket{group=\"ext\",uplink=\"primary\",le=\"0.0005\"} 1",
             "failover_switchover_duration_seconds_count{group=\"ext\"} 1",
             "# TYPE failover_probe_rtt_seconds histogram",
+            "failover_gateway_info{gateway=\"2001:db8::1\",group=\"ext\",uplink=\"primary\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -77,6 +77,7 @@ impl Telemetry {
         bridge_reachable: Option<&dyn Fn(&str) -> bool>,
     ) {
         let m = &self.metrics;
+        gateway_info(m, config);
         for (g, group) in config.groups.iter().enumerate() {
             let active = core.active(g);
             let mut flapping = false;
@@ -122,5 +123,33 @@ impl Telemetry {
             }
         }
         m.ovs_reachable.set(i64::from(all_reachable));
+    }
+}
+
+/// One `failover_gateway_info` series per configured uplink; one a reload
+/// took away (or whose gateway changed) is removed, without a moment in
+/// which a scrape finds none for an uplink.
+fn gateway_info(m: &Metrics, config: &Config) {
+    use prometheus::core::Collector as _;
+    let wanted: Vec<[String; 3]> = config
+        .groups
+        .iter()
+        .flat_map(|g| g.uplinks.iter().map(|u| [g.name.clone(), u.name.clone(), u.gateway.to_string()]))
+        .collect();
+    for family in m.gateway_info.collect() {
+        for metric in family.get_metric() {
+            let value = |name: &str| {
+                metric.get_label().iter().find(|l| l.name() == name).map(|l| l.value().to_string()).unwrap_or_default()
+            };
+            let have = [value("group"), value("uplink"), value("gateway")];
+            if !wanted.contains(&have) {
+                let labels: Vec<&str> = have.iter().map(String::as_str).collect();
+                let _ = m.gateway_info.remove_label_values(&labels);
+            }
+        }
+    }
+    for labels in &wanted {
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        m.gateway_info.with_label_values(&labels).set(1);
     }
 }
