@@ -79,11 +79,12 @@ pub struct Group {
     /// forgotten (a replacement gateway is then learned); zero: never.
     pub relearn_after: Duration,
     /// A frame from the gateway proves it alive as a reply does: an uplink
-    /// with such traffic since the last round is not probed (`true`);
-    /// `false`, the default for now: every uplink probed every round. Off
-    /// by default because a gateway that dies while its traffic flows is
-    /// found up to one interval later (the first probe goes out one round
-    /// after the traffic stops; measured 33.8 ms against 26.3 ms at 10 ms x 3).
+    /// with such traffic since the last round is not probed (`true`, the
+    /// default); `false`: every uplink probed every round, replies alone
+    /// prove life. Detection is the same either way: down when probes went
+    /// unanswered and nothing came from the gateway for `down_after` x
+    /// interval (the kernel counts the quiet round before the first probe
+    /// as a miss, [`failover_common::rule::unanswered_needed`]).
     pub data_plane_liveness: bool,
     /// In priority order: the first is the primary.
     pub uplinks: Vec<Uplink>,
@@ -185,7 +186,7 @@ struct RawGroup {
     flap_window_ms: u64,
     #[serde(default = "default_relearn_after_ms")]
     relearn_after_ms: u64,
-    #[serde(default)]
+    #[serde(default = "default_true")]
     data_plane_liveness: bool,
     #[serde(default, rename = "uplink")]
     uplinks: Vec<RawUplink>,
@@ -221,6 +222,10 @@ fn default_flap_threshold() -> u32 {
 fn default_flap_window_ms() -> u64 {
     60_000
 }
+fn default_true() -> bool {
+    true
+}
+
 fn default_relearn_after_ms() -> u64 {
     30_000
 }

@@ -12,12 +12,19 @@
 //!   traffic stays.
 //! - A gateway is *silent* when at least `down_after` probes left its uplink
 //!   unanswered **and** `silence` (`down_after` x interval plus a small
-//!   slack) passed since its last valid reply: BFD's semantics (RFC 5880,
-//!   down one detection time after the last packet received). An agent that
-//!   is stopped sends no probes, so it never makes gateways read as silent.
+//!   slack) passed since its last proof of life, a valid reply or any frame
+//!   from it: BFD's semantics (RFC 5880, down one detection time after the
+//!   last packet received). An agent that is stopped sends no probes, so it
+//!   never makes gateways read as silent.
+//! - With data-plane liveness the agent probes only after a whole interval
+//!   without frames from the gateway, so that interval stands for the first
+//!   unanswered probe: `down_after - 1` are needed
+//!   ([`unanswered_needed`]). Detection then counts from the gateway's last
+//!   frame, and is as fast as with probes every interval.
 
 use crate::{
-    GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, MAX_GROUP_UPLINKS, ProbeCount, SWITCH_CARRIER, SWITCH_SILENCE,
+    GROUP_DATA_PLANE, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, MAX_GROUP_UPLINKS, ProbeCount, SWITCH_CARRIER,
+    SWITCH_SILENCE,
 };
 
 /// Why an uplink cannot carry traffic.
@@ -151,20 +158,41 @@ pub fn link_lost(state: u64, flags: u32) -> bool {
 }
 
 /// Whether the gateway behind an uplink is silent at `now_ns`
-/// (`CLOCK_MONOTONIC`): `down_after` probes unanswered and `silence_ns`
-/// since the last valid reply.
+/// (`CLOCK_MONOTONIC`): `needed` probes unanswered ([`unanswered_needed`])
+/// and `silence_ns` since the last proof of life.
 #[inline(always)]
-pub fn silent(p: &ProbeCount, down_after: u16, silence_ns: u64, now_ns: u64) -> bool {
-    down_after != 0
-        && p.sent.wrapping_sub(p.acked) >= u64::from(down_after)
-        && now_ns.saturating_sub(p.last_reply_ns) >= silence_ns
+pub fn silent(p: &ProbeCount, needed: u16, silence_ns: u64, now_ns: u64) -> bool {
+    probes_unanswered(p, needed) && now_ns.saturating_sub(p.last_reply_ns) >= silence_ns
 }
 
 /// Whether probes are outstanding enough for [`silent`] to hold at some time
 /// (the cheap half of it: the kernel reads the clock only when this holds).
 #[inline(always)]
-pub fn probes_unanswered(p: &ProbeCount, down_after: u16) -> bool {
-    down_after != 0 && p.sent.wrapping_sub(p.acked) >= u64::from(down_after)
+pub fn probes_unanswered(p: &ProbeCount, needed: u16) -> bool {
+    needed != 0 && p.sent.wrapping_sub(p.acked) >= u64::from(needed)
+}
+
+/// Unanswered probes a group's gateway needs before it can be silent: its
+/// `down_after`, or one fewer with data-plane liveness (the agent's quiet
+/// interval before its first probe stands for the first miss). Never 0
+/// unless `down_after` is (never silent).
+#[inline(always)]
+pub fn unanswered_needed(group: &GroupState) -> u16 {
+    if group.flags & GROUP_DATA_PLANE != 0 && group.down_after > 1 { group.down_after - 1 } else { group.down_after }
+}
+
+/// The coarsest a gateway frame's time is recorded with: frames closer than
+/// this to the recorded proof are not written again (one shared write per
+/// grain, not one per frame). Never more than a quarter of the agent's 1 ms
+/// slack, so a proof recorded up to a grain early never makes a gateway
+/// silent before `down_after` x interval.
+pub const MAX_PROOF_GRAIN_NS: u64 = 250_000;
+
+/// [`MAX_PROOF_GRAIN_NS`], or a 32nd of the silence time if shorter.
+#[inline(always)]
+pub fn proof_grain(silence_ns: u64) -> u64 {
+    let g = silence_ns / 32;
+    if g < MAX_PROOF_GRAIN_NS { g } else { MAX_PROOF_GRAIN_NS }
 }
 
 /// Bits of `MAX_GROUP_UPLINKS` members: a mask from a predicate.
@@ -244,6 +272,28 @@ mod tests {
         assert!(probes_unanswered(&p, 3) && !probes_unanswered(&p, 4));
         let never = ProbeCount { sent: 3, ..ProbeCount::default() };
         assert!(silent(&never, 3, 31 * ms, 40 * ms), "never answered");
+    }
+
+    #[test]
+    fn data_plane_liveness_needs_one_probe_fewer() {
+        let mut g = GroupState::inactive();
+        g.down_after = 3;
+        assert_eq!(unanswered_needed(&g), 3);
+        g.flags |= GROUP_DATA_PLANE;
+        assert_eq!(unanswered_needed(&g), 2);
+        g.down_after = 1;
+        assert_eq!(unanswered_needed(&g), 1, "never 0: one probe at least");
+        g.down_after = 0;
+        assert_eq!(unanswered_needed(&g), 0, "down_after 0: never silent");
+    }
+
+    #[test]
+    fn a_frame_time_is_recorded_within_a_quarter_of_the_slack() {
+        let ms = 1_000_000;
+        assert_eq!(proof_grain(31 * ms), MAX_PROOF_GRAIN_NS);
+        assert_eq!(proof_grain(4 * ms), 125_000);
+        assert!(MAX_PROOF_GRAIN_NS * 4 <= ms);
+        assert_eq!(proof_grain(0), 0);
     }
 
     #[test]

@@ -109,6 +109,12 @@ pub const GROUP_HOLD: u16 = 8;
 /// the agent has not written the group since.
 pub const GROUP_KERNEL_SWITCHED: u16 = 16;
 
+/// [`GroupState::flags`]: the group's agent takes frames from a gateway as
+/// proof of its life (`data_plane_liveness`) and probes an uplink only after
+/// a whole interval without them; that quiet interval counts as the first
+/// unanswered probe ([`crate::rule::unanswered_needed`]).
+pub const GROUP_DATA_PLANE: u16 = 32;
+
 /// [`KernelSwitch::reason`]: the active uplink's device lost its carrier
 /// (or went down, or away).
 pub const SWITCH_CARRIER: u32 = 1;
@@ -239,7 +245,9 @@ pub struct ProbeCount {
     /// probes outstanding) was counted: `sent - acked` probes are
     /// unanswered since.
     pub acked: u64,
-    /// `CLOCK_MONOTONIC` time of that last proof of life (0: none yet).
+    /// `CLOCK_MONOTONIC` time of the last proof of life: a valid reply, or
+    /// a frame from the gateway (recorded to within
+    /// [`crate::rule::proof_grain`]). 0: none yet.
     pub last_reply_ns: u64,
 }
 

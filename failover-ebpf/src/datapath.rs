@@ -9,7 +9,7 @@ use failover_common::{
     DEV_WINDOW_LEN, DevRef, GroupState, KEVENTS_BYTES, KernelSwitch, MAX_GROUP_UPLINKS, MAX_GROUPS, MAX_UPLINKS,
     PROBE_MARK, ProbeCount, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig, UplinkStats,
     frame::{ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV6, Egress, Frame, Ingress, classify_ingress, egress_action, mac_eq},
-    rule::{Fault, Policy, choose, link_lost, probes_unanswered, silent},
+    rule::{Fault, Policy, choose, link_lost, probes_unanswered, proof_grain, silent, unanswered_needed},
 };
 
 /// The map flag that makes a hash map allocate each element on update, so an
@@ -192,15 +192,15 @@ static FAULTS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// lost (the active one read short, see [`carrier_lost`]), or its gateway
 /// silent. The clock is read only when enough probes are out.
 #[inline(always)]
-fn fault_code(slot: u32, ifindex: u32, down_after: u16, silence_ns: u64, active: bool) -> u32 {
+fn fault_code(slot: u32, ifindex: u32, needed: u16, silence_ns: u64, active: bool) -> u32 {
     if ifindex == 0 || carrier_lost(slot, ifindex, active) {
         return Fault::Carrier.code();
     }
     match PROBES.get(slot) {
-        Some(p) if probes_unanswered(p, down_after) => {
+        Some(p) if probes_unanswered(p, needed) => {
             // SAFETY: helper without preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            if silent(p, down_after, silence_ns, now) { Fault::Silence.code() } else { 0 }
+            if silent(p, needed, silence_ns, now) { Fault::Silence.code() } else { 0 }
         }
         _ => 0,
     }
@@ -211,8 +211,8 @@ fn fault_code(slot: u32, ifindex: u32, down_after: u16, silence_ns: u64, active:
 /// nothing out): its stack is not repeated for every member the rule
 /// looks at, and its result reaches the caller as one unknown value.
 #[inline(never)]
-fn member_fault(slot: u32, ifindex: u32, down_after: u32, silence_ns: u64, bit: u32) {
-    if fault_code(slot, ifindex, down_after as u16, silence_ns, false) != 0
+fn member_fault(slot: u32, ifindex: u32, needed: u32, silence_ns: u64, bit: u32) {
+    if fault_code(slot, ifindex, needed as u16, silence_ns, false) != 0
         && let Some(out) = FAULTS.get_ptr_mut(0)
     {
         // SAFETY: a per-CPU value only this program run uses.
@@ -241,7 +241,7 @@ fn fast_rule(group_id: u32, group: &GroupState) -> u32 {
         return 0;
     };
     let m = group.members[active];
-    let code = fault_code(m.slot, m.ifindex, group.down_after, group.silence_ns, true);
+    let code = fault_code(m.slot, m.ifindex, unanswered_needed(group), group.silence_ns, true);
     if code == 0 {
         return 0;
     }
@@ -260,12 +260,12 @@ fn fail_over_from(group_id: u32, group: &GroupState, active: u32, code: u32) -> 
         // SAFETY: a per-CPU value only this program run uses.
         unsafe { *out = 0 };
     }
-    let (down_after, silence_ns) = (u32::from(group.down_after), group.silence_ns);
+    let (needed, silence_ns) = (u32::from(unanswered_needed(group)), group.silence_ns);
     let mut i = 0;
     while i < MAX_GROUP_UPLINKS {
         if i < policy.count && i != active && policy.allowed & (1 << i) != 0 {
             let m = group.members[i];
-            member_fault(m.slot, m.ifindex, down_after, silence_ns, 1 << i);
+            member_fault(m.slot, m.ifindex, needed, silence_ns, 1 << i);
         }
         i += 1;
     }
@@ -483,7 +483,7 @@ fn ingress<F: Frame>(frame: &F, ifindex: u32) -> bool {
             if cfg.flags & UPLINK_GATEWAY_MAC_KNOWN != 0 {
                 let mut src = [0u8; 6];
                 if frame.read(6, &mut src) && mac_eq(&src, &cfg.gateway_mac) {
-                    gateway_frame(cfg.slot);
+                    gateway_frame(cfg.slot, group.map_or(0, |g| proof_grain(g.silence_ns)));
                 }
             }
             if active || group.is_some_and(|g| standby_takes_over(cfg.group, g, ifindex)) {
@@ -499,12 +499,14 @@ fn ingress<F: Frame>(frame: &F, ifindex: u32) -> bool {
 }
 
 /// A frame from the uplink's gateway arrived on it: as good a proof that
-/// the gateway lives as a reply. Counted per CPU; and if probes are
-/// outstanding, they are acknowledged (the fast rule's silence needs
-/// probes unanswered *and* nothing from the gateway since). The clock is
-/// read and the shared entry written only then, not on every frame.
+/// the gateway lives as a reply. Counted per CPU; its time is the
+/// gateway's last proof of life (the fast rule's silence counts from it),
+/// and probes outstanding are acknowledged. The shared entry is written
+/// only when probes are outstanding or the recorded time is older than
+/// `grain` ([`failover_common::rule::proof_grain`]): once per grain under
+/// traffic, not once per frame.
 #[inline(always)]
-fn gateway_frame(slot: u32) {
+fn gateway_frame(slot: u32, grain: u64) {
     if let Some(n) = GWFRAMES.get_ptr_mut(slot) {
         // SAFETY: per-CPU value, only this CPU writes it while we run.
         unsafe { *n += 1 };
@@ -512,12 +514,16 @@ fn gateway_frame(slot: u32) {
     let Some(p) = PROBES.get_ptr_mut(slot) else {
         return;
     };
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: a valid map value.
     unsafe {
         let sent = core::ptr::read_volatile(&raw const (*p).sent);
         if core::ptr::read_volatile(&raw const (*p).acked) < sent {
             core::ptr::write_volatile(&raw mut (*p).acked, sent);
-            core::ptr::write_volatile(&raw mut (*p).last_reply_ns, bpf_ktime_get_ns());
+            core::ptr::write_volatile(&raw mut (*p).last_reply_ns, now);
+        } else if now.saturating_sub(core::ptr::read_volatile(&raw const (*p).last_reply_ns)) >= grain {
+            core::ptr::write_volatile(&raw mut (*p).last_reply_ns, now);
         }
     }
 }

@@ -18,7 +18,7 @@ use failover_agent::datapath::{
     ebpf::{carrier_globals, global_values, ifindex, object},
 };
 use failover_common::{
-    GROUP_ACTIVE_MAC_KNOWN, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GROUP_KERNEL_SWITCHED, GroupState, MAP_PROBES, Member,
+    GROUP_ACTIVE_MAC_KNOWN, GROUP_DATA_PLANE, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GROUP_KERNEL_SWITCHED, GroupState, MAP_PROBES, Member,
     PROBE_MARK, PROG_TC_EGRESS, PROG_XDP, ProbeCount, SWITCH_CARRIER, SWITCH_SILENCE,
 };
 use failover_tests::{
@@ -98,6 +98,11 @@ impl Rig {
     fn set_probes(&mut self, slot: u32, p: ProbeCount) {
         let mut probes: Array<_, ProbeCount> = Array::try_from(self.runner.map_mut(MAP_PROBES).unwrap()).unwrap();
         probes.set(slot, p, 0).unwrap();
+    }
+
+    fn probes(&self, slot: u32) -> ProbeCount {
+        let probes: Array<_, ProbeCount> = Array::try_from(self.runner.map(MAP_PROBES).unwrap()).unwrap();
+        probes.get(&slot, 0).unwrap()
     }
 
     /// Runs TC egress on `frame` leaving `ifindex` with skb mark `mark`.
@@ -219,6 +224,70 @@ fn a_silent_gateway_is_left_only_with_probes_unanswered() {
         assert_eq!(rig.active(), rig.up1);
         // Three unanswered and the detection time passed: gone.
         rig.set_probes(0, ProbeCount { sent: 13, answered: 10, acked: 10, last_reply_ns: now_ns() - 40 * MS });
+        assert_eq!(rig.run(rig.up1, 0, &frame), TC_ACT_REDIRECT);
+        assert_eq!(rig.active(), rig.up2);
+        let reports = rig.dp.kernel_switches();
+        assert_eq!(reports.iter().map(|r| r.reason).collect::<Vec<_>>(), vec![SWITCH_SILENCE]);
+    });
+}
+
+#[test]
+fn a_gateway_frame_is_a_proof_of_life_and_the_quiet_round_a_miss() {
+    with_rig("a_gateway_frame_is_a_proof_of_life_and_the_quiet_round_a_miss", |rig, _| {
+        const XDP_PASS: u32 = 2;
+        let frame = vm_frame();
+        // up1's gateway MAC known: its frames are proofs of life.
+        let cfg = failover_common::UplinkConfig {
+            group: GROUP,
+            gateway_mac: GW1_MAC,
+            flags: failover_common::UPLINK_GATEWAY_MAC_KNOWN,
+            ..uplink(0, UP1_MAC)
+        };
+        rig.dp.update_uplink("up1", &cfg).unwrap();
+        let mut from_gw = vm_frame();
+        from_gw[..6].copy_from_slice(&UP1_MAC);
+        from_gw[6..12].copy_from_slice(&GW1_MAC);
+
+        // No probe out, the last proof long ago: the frame's time is recorded.
+        let old = now_ns() - 5_000 * MS;
+        rig.set_probes(0, ProbeCount { sent: 10, answered: 10, acked: 10, last_reply_ns: old });
+        let before = now_ns();
+        assert_eq!(rig.run_xdp(rig.up1, &from_gw), XDP_PASS);
+        let p = rig.probes(0);
+        assert!(p.last_reply_ns >= before && p.last_reply_ns <= now_ns(), "frame time recorded: {p:?}");
+        assert_eq!((p.sent, p.acked, p.answered), (10, 10, 10), "counts untouched");
+        // Within the grain of the recorded time: not written again.
+        let ahead = now_ns() + 100 * MS;
+        rig.set_probes(0, ProbeCount { last_reply_ns: ahead, ..p });
+        assert_eq!(rig.run_xdp(rig.up1, &from_gw), XDP_PASS);
+        assert_eq!(rig.probes(0).last_reply_ns, ahead, "one write per grain, not per frame");
+
+        // Data-plane liveness: two probes unanswered and the detection time
+        // passed since the last proof are enough (the quiet round before
+        // the first probe was the first miss); without it, not.
+        let two_out = ProbeCount { sent: 12, answered: 10, acked: 10, last_reply_ns: now_ns() - 40 * MS };
+        rig.set_probes(0, two_out);
+        assert_eq!(rig.run(rig.up1, 0, &frame), TC_ACT_OK);
+        assert_eq!(rig.active(), rig.up1, "fixed-rate probing: three needed");
+        let mut g = rig.group();
+        g.flags |= GROUP_DATA_PLANE;
+        rig.dp.set_group(GROUP, &g).unwrap();
+        // A frame from the gateway acknowledges them: alive.
+        assert_eq!(rig.run_xdp(rig.up1, &from_gw), XDP_PASS);
+        let p = rig.probes(0);
+        assert_eq!(p.acked, 12, "outstanding probes acknowledged by the frame");
+        assert_eq!(rig.run(rig.up1, 0, &frame), TC_ACT_OK);
+        assert_eq!(rig.active(), rig.up1, "alive by its frame");
+        // Recent frame, two probes out since: not yet.
+        rig.set_probes(0, ProbeCount { sent: 14, acked: 12, last_reply_ns: now_ns() - 10 * MS, ..p });
+        assert_eq!(rig.run(rig.up1, 0, &frame), TC_ACT_OK);
+        assert_eq!(rig.active(), rig.up1, "silent for less than the detection time");
+        // One probe out: never (a stalled agent, or the first probe).
+        rig.set_probes(0, ProbeCount { sent: 13, acked: 12, last_reply_ns: now_ns() - 5_000 * MS, ..p });
+        assert_eq!(rig.run(rig.up1, 0, &frame), TC_ACT_OK);
+        assert_eq!(rig.active(), rig.up1, "one probe out is not enough");
+        // Two out and nothing for 40 ms: gone.
+        rig.set_probes(0, ProbeCount { sent: 14, acked: 12, last_reply_ns: now_ns() - 40 * MS, ..p });
         assert_eq!(rig.run(rig.up1, 0, &frame), TC_ACT_REDIRECT);
         assert_eq!(rig.active(), rig.up2);
         let reports = rig.dp.kernel_switches();

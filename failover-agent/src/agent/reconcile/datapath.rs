@@ -6,7 +6,7 @@
 use std::{collections::BTreeSet, net::IpAddr, time::Duration};
 
 use failover_common::{
-    FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GROUP_KERNEL_SWITCHED,
+    FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GROUP_DATA_PLANE, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GROUP_KERNEL_SWITCHED,
     GROUP_REDIRECT_INACTIVE, GroupState, MAX_GROUP_UPLINKS, Member, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig,
 };
 
@@ -104,6 +104,9 @@ pub fn group_plan(config: &Config, topo: &Topology, core: &Core, g: usize, steer
         if p.hold {
             state.flags |= GROUP_HOLD;
         }
+    }
+    if group.data_plane_liveness {
+        state.flags |= GROUP_DATA_PLANE;
     }
     state.down_after = group.down_after.min(u32::from(u16::MAX)) as u16;
     let detection = group.probe_interval * group.down_after + SILENCE_SLACK;
