@@ -153,3 +153,43 @@ fn gateway_info(m: &Metrics, config: &Config) {
         m.gateway_info.with_label_values(&labels).set(1);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(standby_gateway: &str) -> Config {
+        let text = format!(
+            "[[group]]\nname = \"ext\"\nbridge = \"br\"\n\
+             [[group.uplink]]\nname = \"primary\"\ninterface = \"eth0\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n\
+             [[group.uplink]]\nname = \"standby\"\ninterface = \"eth1\"\ngateway = \"{standby_gateway}\"\nprobe_source = \"2001:db8::250\"\n"
+        );
+        crate::config::parse(&text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn one_gateway_info_per_uplink_and_a_changed_gateway_replaces_its_series() {
+        let m = Metrics::new();
+        gateway_info(&m, &config("2001:db8::1"));
+        let text = m.encode();
+        assert!(
+            text.contains("failover_gateway_info{gateway=\"192.0.2.1\",group=\"ext\",uplink=\"primary\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("failover_gateway_info{gateway=\"2001:db8::1\",group=\"ext\",uplink=\"standby\"} 1"),
+            "{text}"
+        );
+        // A reload gives the standby another gateway: the old address goes.
+        gateway_info(&m, &config("2001:db8::2"));
+        let text = m.encode();
+        assert!(
+            text.contains("failover_gateway_info{gateway=\"2001:db8::2\",group=\"ext\",uplink=\"standby\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("2001:db8::1\""), "{text}");
+        assert_eq!(text.matches("failover_gateway_info{").count(), 2, "{text}");
+    }
+}
