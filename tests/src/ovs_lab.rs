@@ -86,6 +86,9 @@ pub struct LabSpec {
     pub agent_vlan: Option<u16>,
     /// `[agent] ingress = "..."` in the agent's configuration, if set.
     pub ingress: Option<&'static str>,
+    /// More lines for the agent's `[[group]]` table (e.g.
+    /// `data_plane_liveness = false`).
+    pub group_extra: &'static str,
 }
 
 /// How a gateway of the lab tags (see [`crate::tagger`]).
@@ -124,6 +127,7 @@ impl LabSpec {
             gateway_vlan: None,
             agent_vlan: None,
             ingress: None,
+            group_extra: "",
         }
     }
 
@@ -522,7 +526,7 @@ impl OvsLab {
         let text = format!(
             "[agent]\nstate_dir = \"{state}\"\nbpf_pin_dir = \"{pins}\"\ncontrol_socket = \"{sock}\"\n\
              metrics_listen = \"127.0.0.1:0\"\novs_rundir = \"{d}\"\n{xdp}{ingress}\n\
-             [[group]]\nname = \"ext\"\nbridge = \"{BRIDGE}\"\nprobe_interval_ms = {pi}\ndown_after = 3\nup_after = 3\n\n\
+             [[group]]\nname = \"ext\"\nbridge = \"{BRIDGE}\"\nprobe_interval_ms = {pi}\ndown_after = 3\nup_after = 3\n{extra}\n\
              [[group.uplink]]\nname = \"primary\"\ninterface = \"up1\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n{vlan}\n\
              [[group.uplink]]\nname = \"standby\"\ninterface = \"up2\"\ngateway = \"192.0.2.1\"\nprobe_source = \"192.0.2.250\"\n{vlan}",
             state = d.join("state").display(),
@@ -530,6 +534,7 @@ impl OvsLab {
             sock = self.socket_path().display(),
             d = d.display(),
             pi = self.spec.probe_interval_ms,
+            extra = self.spec.group_extra,
             xdp = self.spec.xdp_mode.map(|m| format!("xdp_mode = \"{m}\"\n")).unwrap_or_default(),
             ingress = self.spec.ingress.map(|m| format!("ingress = \"{m}\"\n")).unwrap_or_default(),
             vlan = self.spec.agent_vlan.map(|v| format!("vlan = {v}\n")).unwrap_or_default(),

@@ -18,8 +18,8 @@ use failover_agent::datapath::{
     ebpf::{carrier_globals, global_values, ifindex, object},
 };
 use failover_common::{
-    GROUP_ACTIVE_MAC_KNOWN, GROUP_DATA_PLANE, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GROUP_KERNEL_SWITCHED, GroupState, MAP_PROBES, Member,
-    PROBE_MARK, PROG_TC_EGRESS, PROG_XDP, ProbeCount, SWITCH_CARRIER, SWITCH_SILENCE,
+    GROUP_ACTIVE_MAC_KNOWN, GROUP_DATA_PLANE, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GROUP_KERNEL_SWITCHED, GroupState,
+    MAP_PROBES, Member, PROBE_MARK, PROG_TC_EGRESS, PROG_XDP, ProbeCount, SWITCH_CARRIER, SWITCH_SILENCE,
 };
 use failover_tests::{
     Netns, PinDir,

@@ -1,7 +1,9 @@
 //! Datapath overhead, measured: `cargo run --release -p failover-tests --bin datapath-bench`.
 //!
-//! 1. Cost of the XDP program per frame, from `BPF_PROG_TEST_RUN` with many
-//!    repeats, for a valid probe reply, a rejected one and VM traffic; and
+//! 1. Cost of the ingress programs (XDP, TC) per frame, from
+//!    `BPF_PROG_TEST_RUN` with many repeats, for a valid probe reply, a
+//!    rejected one, traffic from the gateway (a proof of life) and other
+//!    traffic; and
 //!    of the TC egress program per VM frame leaving the active uplink, with
 //!    the kernel's fast rule (carrier read from the device, silence check)
 //!    on and off.
@@ -23,7 +25,10 @@ use failover_agent::datapath::{
     Datapath, DatapathOptions, EbpfDatapath, IngressMode,
     ebpf::{carrier_globals, global_values, object},
 };
-use failover_common::{GROUP_KERNEL_FAILOVER, GroupState, Member, PROBE_MARK, PROG_TC_EGRESS, PROG_XDP};
+use failover_common::{
+    GROUP_KERNEL_FAILOVER, GroupState, Member, PROBE_MARK, PROG_TC_EGRESS, PROG_TC_INGRESS, PROG_XDP,
+    UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig,
+};
 use failover_tests::{
     Netns, PinDir,
     lab::{GW_IP, GW1_MAC, PROBE_IP, UP1_MAC, group_state, uplink},
@@ -36,7 +41,24 @@ fn reply(spa: [u8; 4]) -> Vec<u8> {
     arp_reply(UP1_MAC, GW1_MAC, spa, UP1_MAC, PROBE_IP)
 }
 
-fn xdp_cost(pins: &PinDir, ifindex: u32) -> Vec<(&'static str, f64)> {
+/// The frames the ingress programs are timed on, arriving on up1 (whose
+/// gateway's MAC, GW1_MAC, is known).
+fn ingress_frames() -> [(&'static str, Vec<u8>); 4] {
+    let other_mac = [0x02, 0xfa, 0, 0, 0x0c, 0x09];
+    [
+        ("valid probe reply (counted, dropped)", reply(GW_IP)),
+        ("spoofed reply (rejected, passed)", reply([192, 0, 2, 66])),
+        (
+            "traffic from the gateway (a proof of life: counted, its time recorded; passed)",
+            test_frame(UP1_MAC, GW1_MAC, GW_IP, [192, 0, 2, 10], 0, 0),
+        ),
+        ("traffic from another MAC (passed)", test_frame(UP1_MAC, other_mac, GW_IP, [192, 0, 2, 10], 0, 0)),
+    ]
+}
+
+/// Mean ns per frame of an ingress program (XDP, or TC ingress if `tc`)
+/// on each of [`ingress_frames`] arriving on `ifindex`.
+fn ingress_cost(pins: &PinDir, ifindex: u32, tc: bool) -> Vec<(&'static str, f64)> {
     let mut ebpf = EbpfLoader::new()
         .default_map_pin_directory(pins.path().join("maps"))
         .load(object().expect("eBPF object"))
@@ -45,29 +67,44 @@ fn xdp_cost(pins: &PinDir, ifindex: u32) -> Vec<(&'static str, f64)> {
     let mut probes: aya::maps::Array<_, failover_common::ProbeCount> =
         aya::maps::Array::try_from(ebpf.map_mut(failover_common::MAP_PROBES).expect("PROBES")).expect("array");
     probes.set(0, failover_common::ProbeCount { sent: u64::MAX / 2, ..Default::default() }, 0).expect("credit probes");
-    let prog: &mut Xdp = ebpf.program_mut(PROG_XDP).expect("program").try_into().expect("XDP");
-    prog.load().expect("load XDP");
-    let frames = [
-        ("valid probe reply (counted, dropped)", reply(GW_IP)),
-        ("spoofed reply (rejected, passed)", reply([192, 0, 2, 66])),
-        ("VM traffic, UDP (passed)", test_frame(UP1_MAC, GW1_MAC, GW_IP, [192, 0, 2, 10], 0, 0)),
-    ];
-    frames
-        .iter()
+    // The context: `struct __sk_buff` (ifindex at 40) or `struct xdp_md`
+    // (data_end at 4, ingress_ifindex at 12).
+    let ctx = |frame: &[u8]| -> Vec<u8> {
+        if tc {
+            let mut c = vec![0u8; 44];
+            c[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+            c
+        } else {
+            let mut c = vec![0u8; 24];
+            c[4..8].copy_from_slice(&u32::try_from(frame.len()).unwrap_or(0).to_ne_bytes());
+            c[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+            c
+        }
+    };
+    if tc {
+        let p: &mut SchedClassifier = ebpf.program_mut(PROG_TC_INGRESS).expect("program").try_into().expect("TC");
+        p.load().expect("load TC ingress");
+        time_frames(p, ctx)
+    } else {
+        let p: &mut Xdp = ebpf.program_mut(PROG_XDP).expect("program").try_into().expect("XDP");
+        p.load().expect("load XDP");
+        time_frames(p, ctx)
+    }
+}
+
+/// [`ingress_cost`]'s runs of a loaded program, with `ctx` for each frame.
+fn time_frames<P>(prog: &P, ctx: impl Fn(&[u8]) -> Vec<u8>) -> Vec<(&'static str, f64)>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::TestRunResult>,
+{
+    ingress_frames()
+        .into_iter()
         .map(|(name, frame)| {
-            let mut ctx = [0u8; 24];
-            ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
-            ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-            let r = prog
-                .test_run(TestRunOptions {
-                    data_in: Some(frame),
-                    ctx_in: Some(&ctx),
-                    repeat: REPEAT,
-                    ..TestRunOptions::new()
-                })
-                .expect("test run");
+            let c = ctx(&frame);
+            let opts =
+                TestRunOptions { data_in: Some(&frame), ctx_in: Some(&c), repeat: REPEAT, ..TestRunOptions::new() };
             // The kernel reports the mean time per run.
-            (*name, r.duration.as_secs_f64() * 1e9)
+            (name, prog.test_run(opts).expect("test run").duration.as_secs_f64() * 1e9)
         })
         .collect()
 }
@@ -132,7 +169,6 @@ fn main() -> ExitCode {
     host.ip(&["addr", "add", "192.0.2.250/24", "dev", "up1"]);
     gw.ip(&["addr", "add", "192.0.2.1/24", "dev", "gw1"]);
 
-    println!("| XDP program, per frame (BPF_PROG_TEST_RUN x{REPEAT}) | ns |\n|---|---|");
     let pins = PinDir::new();
     let ifindex = host.run(|| {
         let mut dp = EbpfDatapath::open(&DatapathOptions {
@@ -140,17 +176,21 @@ fn main() -> ExitCode {
             ..DatapathOptions::new(pins.path().to_path_buf())
         })
         .expect("open");
-        dp.attach_uplink("up1", &uplink(0, UP1_MAC)).expect("attach");
+        // The gateway's MAC known: its frames are proofs of life.
+        let cfg = UplinkConfig { gateway_mac: GW1_MAC, flags: UPLINK_GATEWAY_MAC_KNOWN, ..uplink(0, UP1_MAC) };
+        dp.attach_uplink("up1", &cfg).expect("attach");
         let ifindex = failover_agent::datapath::ebpf::ifindex("up1").expect("up1");
         dp.set_group(0, &group_state(ifindex, GW1_MAC)).expect("group");
         ifindex
     });
-    for (name, ns) in host.run(|| xdp_cost(&pins, ifindex)) {
-        println!("| {name} | {ns:.1} |");
+    for (title, tc) in [("XDP program", false), ("TC ingress program", true)] {
+        println!("| {title}, per frame (BPF_PROG_TEST_RUN x{REPEAT}) | ns |\n|---|---|");
+        for (name, ns) in host.run(|| ingress_cost(&pins, ifindex, tc)) {
+            println!("| {name} | {ns:.1} |");
+        }
+        println!();
     }
-    println!(
-        "\n| TC egress program, per VM frame on the active uplink (BPF_PROG_TEST_RUN x{REPEAT}) | ns |\n|---|---|"
-    );
+    println!("| TC egress program, per VM frame on the active uplink (BPF_PROG_TEST_RUN x{REPEAT}) | ns |\n|---|---|");
     let mut group = GroupState::inactive();
     group.member_count = 1;
     group.members[0] = Member { ifindex, slot: 0 };

@@ -129,6 +129,9 @@ struct System {
     tap: bool,
     /// The agent's probe interval, when not the run's.
     probe_interval_ms: Option<u64>,
+    /// The agent probes every uplink every round and trusts replies only
+    /// (`data_plane_liveness = false`): the first releases' behaviour.
+    fixed_rate: bool,
 }
 
 const AGENT: &str = "failover-agent";
@@ -136,16 +139,25 @@ const BOND: &str = "OVS bond, carrier, shared gateway MAC";
 const AGENT_TAP: &str = "failover-agent, TAP uplink";
 const BOND_TAP: &str = "OVS bond, carrier, TAP uplink, shared gateway MAC";
 const AGENT_1MS: &str = "failover-agent, 1 ms probes";
+const AGENT_FIXED: &str = "failover-agent, fixed-rate probing (data_plane_liveness = false)";
 
-const SYSTEMS: [System; 7] = [
-    System { name: AGENT, bond: None, shared_mac: false, tap: false, probe_interval_ms: None },
-    System { name: BOND, bond: Some(BondDetect::Carrier), shared_mac: true, tap: false, probe_interval_ms: None },
+const SYSTEMS: [System; 8] = [
+    System { name: AGENT, bond: None, shared_mac: false, tap: false, probe_interval_ms: None, fixed_rate: false },
+    System {
+        name: BOND,
+        bond: Some(BondDetect::Carrier),
+        shared_mac: true,
+        tap: false,
+        probe_interval_ms: None,
+        fixed_rate: false,
+    },
     System {
         name: "OVS bond, carrier, distinct gateway MACs",
         bond: Some(BondDetect::Carrier),
         shared_mac: false,
         tap: false,
         probe_interval_ms: None,
+        fixed_rate: false,
     },
     System {
         name: "OVS bond, miimon 100 ms, shared gateway MAC",
@@ -153,10 +165,26 @@ const SYSTEMS: [System; 7] = [
         shared_mac: true,
         tap: false,
         probe_interval_ms: None,
+        fixed_rate: false,
     },
-    System { name: AGENT_TAP, bond: None, shared_mac: false, tap: true, probe_interval_ms: None },
-    System { name: BOND_TAP, bond: Some(BondDetect::Carrier), shared_mac: true, tap: true, probe_interval_ms: None },
-    System { name: AGENT_1MS, bond: None, shared_mac: false, tap: false, probe_interval_ms: Some(1) },
+    System { name: AGENT_TAP, bond: None, shared_mac: false, tap: true, probe_interval_ms: None, fixed_rate: false },
+    System {
+        name: BOND_TAP,
+        bond: Some(BondDetect::Carrier),
+        shared_mac: true,
+        tap: true,
+        probe_interval_ms: None,
+        fixed_rate: false,
+    },
+    System {
+        name: AGENT_1MS,
+        bond: None,
+        shared_mac: false,
+        tap: false,
+        probe_interval_ms: Some(1),
+        fixed_rate: false,
+    },
+    System { name: AGENT_FIXED, bond: None, shared_mac: false, tap: false, probe_interval_ms: None, fixed_rate: true },
 ];
 
 /// The scenarios each system runs.
@@ -165,6 +193,9 @@ fn scenarios_of(sys: System) -> Vec<Scenario> {
         AgentRestart, Forced, GatewaySilent, LinkFault, LinkFaultBusy, LinkFaultStopped, LinkFaultTap, NoFault,
         NoFaultBusy, OvsRestart,
     };
+    if sys.fixed_rate {
+        return vec![NoFault, LinkFault, GatewaySilent];
+    }
     match (sys.bond, sys.tap, sys.probe_interval_ms) {
         (_, true, _) => vec![LinkFaultTap],
         (None, false, Some(_)) => vec![NoFault, GatewaySilent],
@@ -207,6 +238,9 @@ struct Rep {
     /// Probes/s the agent sent on the active uplink and on the other one,
     /// during the measurement (traffic flowing both ways).
     probe_rates: Option<(f64, f64)>,
+    /// The same for one second before the traffic started (no-fault
+    /// repetitions only).
+    quiet_probe_rates: Option<(f64, f64)>,
 }
 
 struct Options {
@@ -319,6 +353,12 @@ fn rep(
         // Linkwatch's one-second batching: quiet, then another link event.
         std::thread::sleep(Duration::from_millis(2200));
     }
+    let old = usize::try_from(active).unwrap_or(1).saturating_sub(1);
+    let quiet_probe_rates = (scenario == Scenario::NoFault && sys.bond.is_none()).then(|| {
+        let (b, at) = (lab.status(), Instant::now());
+        std::thread::sleep(Duration::from_secs(1));
+        probe_rates_between(&b, &lab.status(), at.elapsed(), old)
+    });
     let sinks_up = [udp::sink(&lab.gw1, stream, 0), udp::sink(&lab.gw2, stream, 1)];
     let sink_down = udp::sink_on(&lab.vms[0], DOWN_PORT, stream, 0);
     let max = o.rate * 10;
@@ -397,7 +437,6 @@ fn rep(
     let (up_gap_ms, down_gap_ms) = (gap(&up_report, last_up), gap(&down_report, last_down));
     let up_arrivals: Points =
         arrivals.iter().map(|a| (a.at.as_secs_f64() * 1e3 - fault_ms, a.seq, a.receiver)).collect();
-    let old = usize::try_from(active).unwrap_or(1).saturating_sub(1);
     let last_old = up_arrivals.iter().filter(|a| a.2 == old).map(|a| a.0).fold(f64::NEG_INFINITY, f64::max);
     let first_new =
         up_arrivals.iter().filter(|a| a.2 != old && a.0 >= last_old).map(|a| a.0).fold(f64::INFINITY, f64::min);
@@ -407,12 +446,7 @@ fn rep(
     if sys.bond.is_none() {
         let s: Status = lab.status();
         if let Some(b) = &before {
-            let secs = before_at.elapsed().as_secs_f64();
-            let rate = |u: usize| {
-                let n = s.groups[0].uplinks[u].probes_sent.saturating_sub(b.groups[0].uplinks[u].probes_sent);
-                f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / secs
-            };
-            probe_rates = Some((rate(old), rate(1 - old.min(1))));
+            probe_rates = Some(probe_rates_between(b, &s, before_at.elapsed(), old));
         }
         let kind = if scenario.link_fault() {
             Some("nic")
@@ -464,7 +498,18 @@ fn rep(
         switched,
         by_kernel,
         probe_rates,
+        quiet_probe_rates,
     })
+}
+
+/// Probes/s on uplink `old` (the active one) and on the other, between
+/// two status reads `elapsed` apart.
+fn probe_rates_between(before: &Status, after: &Status, elapsed: Duration, old: usize) -> (f64, f64) {
+    let rate = |u: usize| {
+        let n = after.groups[0].uplinks[u].probes_sent.saturating_sub(before.groups[0].uplinks[u].probes_sent);
+        f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / elapsed.as_secs_f64()
+    };
+    (rate(old), rate(1 - old.min(1)))
 }
 
 /// The gateways know the VM's MAC (as a router that has talked to it
@@ -563,6 +608,7 @@ fn lab_for(sys: System, o: &Options) -> Result<OvsLab, String> {
         tap_uplink: sys.tap.then_some(1),
         // The agent's ingress mode, to compare modes: FAILOVER_BENCH_INGRESS=<mode>.
         ingress: bench_ingress(),
+        group_extra: if sys.fixed_rate { "data_plane_liveness = false\n" } else { "" },
         ..LabSpec::named(&name)
     })?;
     if sys.tap {
@@ -766,24 +812,29 @@ fn overhead(o: &Options) -> Result<Vec<Overhead>, String> {
 fn probe_load_md(md: &mut String, o: &Options, rows: &[Row]) {
     let _ = writeln!(
         md,
-        "## Probe load\n\nProbes/s per uplink during the no-fault repetitions (traffic both ways; both gateways send \
-         to the VM, so the standby carries gateway traffic too), median over repetitions, next to the fixed rate \
-         (`data_plane_liveness = false`, or no traffic at all: one probe per uplink per interval):\n\n\
-         | system | probe interval ms | active uplink probes/s | other uplink probes/s | fixed rate, per uplink |\n|---|---|---|---|---|"
+        "## Probe load\n\nProbes/s per uplink during the no-fault repetitions, median over repetitions: with traffic \
+         both ways (both gateways send to the VM, so the standby carries gateway traffic too) and in the second \
+         before the traffic starts, next to the fixed rate (one probe per uplink per interval):\n\n\
+         | system | probe interval ms | active, traffic | other, traffic | active, no traffic | other, no traffic \
+         | fixed rate, per uplink |\n|---|---|---|---|---|---|---|"
     );
     for r in rows.iter().filter(|r| r.scenario == Scenario::NoFault && !r.system.starts_with("OVS")) {
-        let mut act: Vec<f64> = r.reps.iter().filter_map(|x| x.probe_rates.map(|p| p.0)).collect();
-        let mut oth: Vec<f64> = r.reps.iter().filter_map(|x| x.probe_rates.map(|p| p.1)).collect();
-        if act.is_empty() {
+        let col = |f: fn(&Rep) -> Option<f64>| {
+            let mut v: Vec<f64> = r.reps.iter().filter_map(f).collect();
+            if v.is_empty() { f64::NAN } else { median(&mut v) }
+        };
+        let act = col(|x| x.probe_rates.map(|p| p.0));
+        let oth = col(|x| x.probe_rates.map(|p| p.1));
+        let quiet_act = col(|x| x.quiet_probe_rates.map(|p| p.0));
+        let quiet_oth = col(|x| x.quiet_probe_rates.map(|p| p.1));
+        if act.is_nan() {
             continue;
         }
         let interval = if r.system.contains("1 ms") { 1 } else { o.probe_interval_ms };
         let _ = writeln!(
             md,
-            "| {} | {interval} | {:.2} | {:.2} | {:.0} |",
+            "| {} | {interval} | {act:.2} | {oth:.2} | {quiet_act:.2} | {quiet_oth:.2} | {:.0} |",
             r.system,
-            median(&mut act),
-            median(&mut oth),
             1000.0 / f64::from(u32::try_from(interval).unwrap_or(1))
         );
     }
@@ -917,6 +968,17 @@ fn targets(o: &Options, rows: &[Row], cost: &[(usize, u64, f64, u64)], over: &[O
     let bond = |s: Scenario| med(if s == Scenario::LinkFaultTap { BOND_TAP } else { BOND }, s);
     let silent = med(AGENT, Scenario::GatewaySilent);
     let silent_1ms = med(AGENT_1MS, Scenario::GatewaySilent);
+    let silent_fixed = med(AGENT_FIXED, Scenario::GatewaySilent);
+    let link_fixed = med(AGENT_FIXED, Scenario::LinkFault);
+    // Probes on the active uplink under traffic (data-plane liveness).
+    let active_probes = {
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.system == AGENT && r.scenario == Scenario::NoFault)
+            .flat_map(|r| r.reps.iter().filter_map(|x| x.probe_rates.map(|p| p.0)))
+            .collect();
+        if v.is_empty() { f64::NAN } else { median(&mut v) }
+    };
     let bound = 3.0 * o.probe_interval_ms as f64 + 1.0;
     // VM traffic (VM -> gateway): the gw -> VM stream comes from two
     // independent senders, one per gateway, whose clocks differ by a
@@ -960,6 +1022,9 @@ fn targets(o: &Options, rows: &[Row], cost: &[(usize, u64, f64, u64)], over: &[O
          | link fault: never behind the bond in the same run | see above | {} |\n\
          | gateway silent: median gap <= 3 x {} ms + 1 ms = {bound:.0} ms | {silent:.1} ms | {} |\n\
          | gateway silent at 1 ms probes: median gap <= 4 ms | {silent_1ms:.1} ms | {} |\n\
+         | the same with fixed-rate probing (`data_plane_liveness = false`), same run: gateway silent <= {bound:.0} \
+         ms, link fault <= 1 ms | silent {silent_fixed:.1} ms (data-plane / fixed {:.2}), link {link_fixed:.1} ms | {} |\n\
+         | probes on the active uplink under traffic <= 1/s | {active_probes:.2}/s | {} |\n\
          | no false switchover without a fault | {false_switches} | {} |\n\
          | forced switchover: 0 VM datagrams lost (max over repetitions) | {} | {} |\n\
          | agent restart: 0 VM datagrams lost (max over repetitions) | {} | {} |\n\
@@ -976,6 +1041,9 @@ fn targets(o: &Options, rows: &[Row], cost: &[(usize, u64, f64, u64)], over: &[O
         o.probe_interval_ms,
         mark(silent <= bound),
         mark(silent_1ms <= 4.0),
+        silent / silent_fixed,
+        mark(silent_fixed <= bound && link_fixed <= 1.0),
+        mark(active_probes <= 1.0),
         mark(false_switches == 0),
         lost(Scenario::Forced),
         mark(lost(Scenario::Forced) == 0),
