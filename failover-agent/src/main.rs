@@ -7,7 +7,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Parser as _;
 use failover_agent::{
     agent,
     config::{self, Config},
@@ -16,96 +16,9 @@ use failover_agent::{
     lock, state,
 };
 
-const DEFAULT_CONFIG: &str = "/etc/failover-agent/failover-agent.toml";
+mod cli;
 
-#[derive(Parser)]
-#[command(version, about = "Active/standby gateway failover for Open vSwitch hypervisors")]
-struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Where a tool finds the running agent: its control socket, given or read
-/// from the configuration (of which only `[agent] control_socket` is needed).
-#[derive(Args)]
-struct Target {
-    /// The configuration file; only its `[agent]` paths are read [default: /etc/failover-agent/failover-agent.toml].
-    #[arg(long, conflicts_with = "socket")]
-    config: Option<PathBuf>,
-    /// The agent's control socket, instead of reading it from the configuration.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the agent (as root): attach the datapath, probe, decide, alarm.
-    ///
-    /// One agent per runtime directory: `run` first takes an exclusive lock,
-    /// `failover-agent.lock` beside the control socket, and exits with status 2,
-    /// touching nothing, if another agent holds it.
-    Run {
-        #[arg(long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-    },
-    /// Validate a configuration file without touching the system (exit 2 if invalid).
-    CheckConfig { config: PathBuf },
-    /// Show groups, uplinks, the active uplink and the open alarms.
-    Status {
-        #[command(flatten)]
-        target: Target,
-        /// Machine-readable output (stable field names).
-        #[arg(long)]
-        json: bool,
-    },
-    /// Move a group's traffic to an uplink (refused if it is unhealthy, unless --force).
-    Switch {
-        group: String,
-        uplink: String,
-        #[arg(long)]
-        force: bool,
-        #[command(flatten)]
-        target: Target,
-    },
-    /// Show recent events: switchovers, alarms, link changes.
-    Events {
-        #[command(flatten)]
-        target: Target,
-        /// How many of the most recent events.
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// Keep the connection and print each new event as it happens.
-        #[arg(long, short)]
-        follow: bool,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Detach the datapath from every uplink, remove its pins and the agent's state.
-    ///
-    /// Refused (exit 2) while an agent runs with these pins or this runtime
-    /// directory: stop it first (`systemctl stop failover-agent`), else it
-    /// would put everything back. With --config, only the `[agent]` paths are
-    /// needed (the bridges come from the file, or from the state file when the
-    /// rest of the file is invalid); with --pin-dir, only the datapath is
-    /// removed (the state and the OVS rules stay).
-    Uninstall {
-        /// The configuration file [default: /etc/failover-agent/failover-agent.toml].
-        #[arg(long, conflicts_with = "pin_dir")]
-        config: Option<PathBuf>,
-        /// The datapath's pin directory (`[agent] bpf_pin_dir`), instead of a configuration.
-        #[arg(long, value_name = "PATH")]
-        pin_dir: Option<PathBuf>,
-    },
-}
+use cli::{Cli, Command, DEFAULT_CONFIG, LogFormat, Target};
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -118,6 +31,9 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
+
+// Configuration and state errors say their cause in their own text: they
+// are printed with `{e}`, the others with their chain (`report`).
 
 /// Loads the configuration, or prints why not (exit status 2).
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -231,14 +147,15 @@ fn ask(target: &Target, request: &Request) -> Result<Response, ExitCode> {
             Err(ExitCode::FAILURE)
         }
         Err(e) => {
-            eprintln!("error: {}", chain(&anyhow::Error::from(e)));
+            report(e);
             Err(ExitCode::FAILURE)
         }
     }
 }
 
-fn chain(e: &anyhow::Error) -> String {
-    e.chain().map(ToString::to_string).collect::<Vec<_>>().join(": ")
+/// Prints `error: ` and the error with its causes, each once (`{:#}`).
+fn report(e: impl Into<anyhow::Error>) {
+    eprintln!("error: {:#}", e.into());
 }
 
 fn now_ms() -> u64 {
@@ -256,12 +173,12 @@ fn run(path: &Path) -> Result<(), ExitCode> {
             return Err(ExitCode::from(2));
         }
         Err(e) => {
-            eprintln!("error: {}", chain(&anyhow::Error::from(e)));
+            report(e);
             return Err(ExitCode::FAILURE);
         }
     };
     agent::run(c, path).map_err(|e| {
-        eprintln!("error: {}", chain(&e));
+        report(e);
         ExitCode::FAILURE
     })
 }
@@ -310,7 +227,7 @@ fn uninstall_datapath(pin_dir: &Path) -> Result<(), ExitCode> {
             Ok(())
         }
         Err(e) => {
-            eprintln!("error: {}", chain(&anyhow::Error::from(e)));
+            report(e);
             Err(ExitCode::FAILURE)
         }
     }
@@ -333,7 +250,7 @@ fn uninstall(config: Option<&Path>, pin_dir: Option<&Path>) -> Result<(), ExitCo
         Ok(l) => l,
         Err(lock::LockError::Held { pid, path }) => return Err(refuse_running(pid, &path)),
         Err(e) => {
-            eprintln!("error: {}", chain(&anyhow::Error::from(e)));
+            report(e);
             return Err(ExitCode::FAILURE);
         }
     };
@@ -411,7 +328,7 @@ fn main() -> ExitCode {
             if follow {
                 socket_of(&target).and_then(|socket| {
                     control::follow_events(&socket, limit, print).map_err(|e| {
-                        eprintln!("error: {}", chain(&anyhow::Error::from(e)));
+                        report(e);
                         ExitCode::FAILURE
                     })
                 })
@@ -424,6 +341,18 @@ fn main() -> ExitCode {
             }
         }
         Command::Uninstall { config, pin_dir } => uninstall(config.as_deref(), pin_dir.as_deref()),
+        Command::Generate { dir } => match cli::generate(&dir) {
+            Ok(written) => {
+                for path in written {
+                    println!("wrote {}", path.display());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!("error: writing into {}: {e}", dir.display());
+                Err(ExitCode::FAILURE)
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
