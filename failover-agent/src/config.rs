@@ -230,6 +230,62 @@ fn default_relearn_after_ms() -> u64 {
     30_000
 }
 
+/// Every key the parser accepts, by table (`agent`, `group`,
+/// `group.uplink`), from the field lists serde's derive hands the parser
+/// itself, so the list cannot drift from what [`parse`] accepts. Keys that
+/// are tables of their own (`agent`, `group`, `group.uplink`) are left out.
+/// The docs test checks the configuration reference and the example
+/// against it.
+pub fn accepted_keys() -> Vec<(&'static str, Vec<&'static str>)> {
+    let top = serde_fields::<RawConfig>();
+    let group = serde_fields::<RawGroup>();
+    let without = |fields: &[&'static str], tables: &[&str]| -> Vec<&'static str> {
+        fields.iter().copied().filter(|f| !tables.contains(f)).collect()
+    };
+    let mut tables = vec![
+        ("agent", serde_fields::<RawAgent>().to_vec()),
+        ("group", without(group, &["uplink"])),
+        ("group.uplink", serde_fields::<RawUplink>().to_vec()),
+    ];
+    // Nothing but the two tables at the top; a new top-level key shows up here.
+    let loose = without(top, &["agent", "group"]);
+    if !loose.is_empty() {
+        tables.insert(0, ("", loose));
+    }
+    tables
+}
+
+/// The field names serde's derive gives `T`'s `deserialize_struct`.
+fn serde_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    /// A deserializer that only records the field list it is asked for.
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+    impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only a struct's field names are read"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("only a struct's field names are read"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+    let mut fields: &'static [&'static str] = &[];
+    // Refused by design: the field list is all that is wanted.
+    let refused = T::deserialize(FieldNames(&mut fields)).is_err();
+    debug_assert!(refused, "FieldNames never produces a value");
+    fields
+}
+
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut out = [0u8; 6];
