@@ -2,7 +2,7 @@
 //! (hyper) that serves them: `GET /metrics`, `GET /healthz`, nothing else.
 //!
 //! Names and labels are a contract (alert rules and dashboards use them):
-//! see the README's "Metrics" section.
+//! see docs/metrics.md.
 
 use std::{sync::Arc, time::Duration};
 
