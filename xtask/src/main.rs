@@ -5,6 +5,7 @@
 //! - `demo`: build everything and run the demo: the OVS lab, the agent, the
 //!   faults of the method one by one, then teardown (needs root).
 //! - `lab up|down|status`: the OVS lab, kept up between commands.
+//! - `deb`: the Debian package (cargo-deb), with the eBPF object inside.
 
 use std::{
     path::{Path, PathBuf},
@@ -48,6 +49,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package (cargo-deb; `./dev setup` installs it) into target/debian/.
+    Deb,
 }
 
 fn workspace_root() -> PathBuf {
@@ -58,12 +61,30 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+mod deb;
+
 fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
     Ok(())
+}
+
+/// The release build of the agent and the lab tools, the eBPF object
+/// required: one selection for the demo, the lab and the package, so none
+/// rebuilds what another built.
+fn build_release(root: &Path) -> Result<()> {
+    run(Command::new(cargo()).current_dir(root).env("FAILOVER_EBPF_REQUIRED", "1").args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "failover-agent",
+        "-p",
+        "failover-tests",
+        "--bins",
+    ]))
 }
 
 fn build_ebpf() -> Result<PathBuf> {
@@ -84,16 +105,7 @@ fn run_lab_tool(bin: &str, args: &[String]) -> Result<ExitCode> {
         bail!("{bin} creates network namespaces and loads eBPF: run it as root");
     }
     let root = workspace_root();
-    run(Command::new(cargo()).current_dir(&root).env("FAILOVER_EBPF_REQUIRED", "1").args([
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "failover-agent",
-        "-p",
-        "failover-tests",
-        "--bins",
-    ]))?;
+    build_release(&root)?;
     let status = Command::new(root.join("target/release").join(bin))
         .env("FAILOVER_EBPF_REQUIRED", "1")
         .args(args)
@@ -120,6 +132,10 @@ fn main() -> ExitCode {
         Task::Lab { args } => run_lab_tool("failover-lab", &args),
         Task::Bench { args } => run_lab_tool("failover-bench", &args),
         Task::Chaos { args } => run_lab_tool("failover-chaos", &args),
+        Task::Deb => deb::build(&workspace_root()).map(|path| {
+            println!("{}", path.display());
+            ExitCode::SUCCESS
+        }),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
