@@ -94,7 +94,7 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         bail!("cargo-deb failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let deb = stdout.lines().rev().map(str::trim).find(|l| l.ends_with(".deb"));
+    let deb = stdout.lines().rev().map(str::trim).find(|l| Path::new(l).extension().is_some_and(|e| e == "deb"));
     deb.map(PathBuf::from).with_context(|| format!("cargo-deb named no .deb: {stdout}"))
 }
 
