@@ -5,16 +5,19 @@
 //! time, the packets lost, the alarm and where traffic flows; then tears
 //! everything down. With `--with-prometheus`, a real Prometheus scrapes the
 //! agent with the shipped alert rules, and each step shows the alerts it
-//! fires or resolves.
+//! fires or resolves. With `--agent PATH`, the demo runs that
+//! `failover-agent` binary (an installed package's, say) for the agent and
+//! its CLI instead of the one built here.
 
 use std::{
+    path::{Path, PathBuf},
     process::ExitCode,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use failover_agent::control::Status;
 use failover_tests::{
-    agent_lab::agent_binary,
+    agent_lab::{self, agent_binary},
     ovs_lab::{LabSpec, LabTraffic, OvsLab},
     prom,
     udp::Report,
@@ -139,11 +142,16 @@ fn start_prometheus(lab: &OvsLab, ready: &Status) -> Result<prom::Prometheus, St
 }
 
 #[expect(clippy::too_many_lines, reason = "the demo's steps in the order the README tells them")]
-fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
+fn run(lab: &mut OvsLab, with_prometheus: bool, agent: &Path) -> Result<(), String> {
     let started = Instant::now();
     println!("{}", bold("failover-agent demo: the method of ../shared/docs/mission.md, on one machine"));
     println!("lab: {}", lab.describe());
-    let _agent = lab.start_agent();
+    println!("agent: {}", agent.display());
+    lab.write_config();
+    let log = lab.spec.dir.join("agent.log");
+    let agent_process = agent_lab::spawn_binary(agent, &lab.host, &lab.config_path(), &lab.socket_path(), log, &[]);
+    // Where `failover-lab down` finds the agent of a lab left behind.
+    let _ = std::fs::write(lab.spec.dir.join("agent.pid"), agent_process.pid().to_string());
     let ready = lab.wait_ready();
     let prometheus_step = |lab: &OvsLab, since: Instant| {
         if with_prometheus {
@@ -243,10 +251,8 @@ fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
         lab,
         5,
         &|_| {
-            let out = std::process::Command::new(agent_binary())
-                .args(["switch", "ext", "standby", "--config"])
-                .arg(&config)
-                .output();
+            let out =
+                std::process::Command::new(agent).args(["switch", "ext", "standby", "--config"]).arg(&config).output();
             if let Ok(out) = out {
                 println!(
                     "\n           $ failover-agent switch ext standby\n           {}",
@@ -263,7 +269,7 @@ fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
     }
 
     println!("\n{}", bold("final status (failover-agent status):"));
-    let out = std::process::Command::new(agent_binary())
+    let out = std::process::Command::new(agent)
         .args(["status", "--config"])
         .arg(&config)
         .output()
@@ -273,7 +279,33 @@ fn run(lab: &mut OvsLab, with_prometheus: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// `--with-prometheus`, `--agent PATH` (default: the agent built here).
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<(bool, PathBuf), String> {
+    let (mut with_prometheus, mut agent) = (false, None);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--with-prometheus" => with_prometheus = true,
+            "--agent" => {
+                let path = PathBuf::from(args.next().ok_or("--agent needs the path of a failover-agent binary")?);
+                if !path.is_file() {
+                    return Err(format!("--agent {}: no such file", path.display()));
+                }
+                agent = Some(path);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok((with_prometheus, agent.unwrap_or_else(agent_binary)))
+}
+
 fn main() -> ExitCode {
+    let (with_prometheus, agent) = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}; usage: failover-demo [--with-prometheus] [--agent PATH]");
+            return ExitCode::from(2);
+        }
+    };
     if !failover_tests::privileged("failover-demo") {
         return ExitCode::FAILURE;
     }
@@ -295,12 +327,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let with_prometheus = std::env::args().any(|a| a == "--with-prometheus");
-    if let Some(bad) = std::env::args().skip(1).find(|a| a != "--with-prometheus") {
-        eprintln!("error: unknown argument {bad:?}; usage: failover-demo [--with-prometheus]");
-        return ExitCode::from(2);
-    }
-    let result = run(&mut lab, with_prometheus);
+    let result = run(&mut lab, with_prometheus, &agent);
     let name = lab.spec.name.clone();
     drop(lab);
     let left: Vec<String> = std::fs::read_dir("/run/netns")
