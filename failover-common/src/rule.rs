@@ -11,8 +11,8 @@
 //!   not faulty itself; failing that, the first allowed one; failing that,
 //!   traffic stays.
 //! - A gateway is *silent* when at least `down_after` probes left its uplink
-//!   unanswered **and** `silence` (`down_after` x interval plus a small
-//!   slack) passed since its last proof of life, a valid reply or any frame
+//!   unanswered **and** `silence` (`down_after` x interval plus a grain,
+//!   [`silence_ns`]) passed since its last proof of life, a valid reply or any frame
 //!   from it: BFD's semantics (RFC 5880, down one detection time after the
 //!   last packet received). An agent that is stopped sends no probes, so it
 //!   never makes gateways read as silent.
@@ -183,10 +183,20 @@ pub fn unanswered_needed(group: &GroupState) -> u16 {
 
 /// The coarsest a gateway frame's time is recorded with: frames closer than
 /// this to the recorded proof are not written again (one shared write per
-/// grain, not one per frame). Never more than a quarter of the agent's 1 ms
-/// slack, so a proof recorded up to a grain early never makes a gateway
-/// silent before `down_after` x interval.
+/// grain, not one per frame).
 pub const MAX_PROOF_GRAIN_NS: u64 = 250_000;
+
+/// Added to `down_after` x interval for the silence time: a frame's time
+/// may be recorded up to a grain early, so that a gateway is never silent
+/// before `down_after` x interval passed since its last frame or reply
+/// (BFD's detection time).
+pub const SILENCE_SLACK_NS: u64 = MAX_PROOF_GRAIN_NS;
+
+/// The silence time of a group probing every `interval_ns` and down after
+/// `down_after` misses.
+pub const fn silence_ns(interval_ns: u64, down_after: u32) -> u64 {
+    interval_ns.saturating_mul(down_after as u64).saturating_add(SILENCE_SLACK_NS)
+}
 
 /// [`MAX_PROOF_GRAIN_NS`], or a 32nd of the silence time if shorter.
 #[inline(always)]
@@ -290,10 +300,12 @@ mod tests {
     #[test]
     fn a_frame_time_is_recorded_within_a_quarter_of_the_slack() {
         let ms = 1_000_000;
-        assert_eq!(proof_grain(31 * ms), MAX_PROOF_GRAIN_NS);
+        assert_eq!(proof_grain(silence_ns(10 * ms, 3)), MAX_PROOF_GRAIN_NS);
         assert_eq!(proof_grain(4 * ms), 125_000);
-        assert!(MAX_PROOF_GRAIN_NS * 4 <= ms);
+        assert!(proof_grain(u64::MAX) <= SILENCE_SLACK_NS, "a grain early is still after the detection time");
         assert_eq!(proof_grain(0), 0);
+        assert_eq!(silence_ns(10 * ms, 3), 30 * ms + 250_000);
+        assert_eq!(silence_ns(u64::MAX, 3), u64::MAX);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::{
 };
 
 use failover_common::{
-    DevRef, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, KernelSwitch, SWITCH_CARRIER, UplinkConfig,
+    DevRef, GROUP_DATA_PLANE, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GroupState, KernelSwitch, SWITCH_CARRIER,
+    UplinkConfig,
     rule::{Policy, choose},
 };
 use proptest::prelude::*;
@@ -280,8 +281,9 @@ fn the_kernel_gets_the_policy_and_a_hold() {
     let g = w.borrow().groups[&id];
     assert_eq!((g.member_count, g.allowed, g.preferred), (2, 0b11, 0b11));
     assert_ne!(g.flags & GROUP_KERNEL_FAILOVER, 0);
+    assert_ne!(g.flags & GROUP_DATA_PLANE, 0, "data-plane liveness by default");
     assert_eq!(g.down_after, 3);
-    assert_eq!(g.silence_ns, 301_000_000, "3 x 100 ms + 1 ms");
+    assert_eq!(g.silence_ns, 300_250_000, "3 x 100 ms + a grain (250 µs)");
     // Forced onto an unhealthy uplink: the kernel must not move it.
     w.borrow_mut().answering.remove("e2");
     rig.rounds(4);

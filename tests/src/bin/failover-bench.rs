@@ -416,6 +416,9 @@ fn rep(
     for b in busy.into_iter().flatten() {
         let _ = b.join();
     }
+    // The probe counts while the traffic still flows (after it stops the
+    // agent probes again, at the fixed rate).
+    let during = before.is_some().then(|| (lab.status(), before_at.elapsed()));
     let sent_up = up.stop();
     let sent_down = downs.into_iter().map(udp::Source::stop).max().unwrap_or(0);
     std::thread::sleep(Duration::from_millis(100));
@@ -445,8 +448,8 @@ fn rep(
     let mut probe_rates = None;
     if sys.bond.is_none() {
         let s: Status = lab.status();
-        if let Some(b) = &before {
-            probe_rates = Some(probe_rates_between(b, &s, before_at.elapsed(), old));
+        if let (Some(b), Some((d, elapsed))) = (&before, &during) {
+            probe_rates = Some(probe_rates_between(b, d, *elapsed, old));
         }
         let kind = if scenario.link_fault() {
             Some("nic")

@@ -3,11 +3,12 @@
 //! core's view), writing them where they differ, and removing what belongs
 //! to groups and uplinks no longer configured.
 
-use std::{collections::BTreeSet, net::IpAddr, time::Duration};
+use std::{collections::BTreeSet, net::IpAddr};
 
 use failover_common::{
-    FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GROUP_DATA_PLANE, GROUP_HOLD, GROUP_KERNEL_FAILOVER, GROUP_KERNEL_SWITCHED,
-    GROUP_REDIRECT_INACTIVE, GroupState, MAX_GROUP_UPLINKS, Member, UPLINK_GATEWAY_MAC_KNOWN, UplinkConfig,
+    FAMILY_IPV4, FAMILY_IPV6, GROUP_ACTIVE_MAC_KNOWN, GROUP_DATA_PLANE, GROUP_HOLD, GROUP_KERNEL_FAILOVER,
+    GROUP_KERNEL_SWITCHED, GROUP_REDIRECT_INACTIVE, GroupState, MAX_GROUP_UPLINKS, Member, UPLINK_GATEWAY_MAC_KNOWN,
+    UplinkConfig, rule,
 };
 
 use crate::{
@@ -16,11 +17,6 @@ use crate::{
     datapath::{Datapath, DatapathError},
     failover::Core,
 };
-
-/// Added to `down_after` x interval before the kernel reads a gateway as
-/// silent: room for a reply's own delay, so that detection is never before
-/// the detection time.
-pub const SILENCE_SLACK: Duration = Duration::from_millis(1);
 
 /// Where the bridge's rules send a group's VM traffic (from the OVS side).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,8 +105,8 @@ pub fn group_plan(config: &Config, topo: &Topology, core: &Core, g: usize, steer
         state.flags |= GROUP_DATA_PLANE;
     }
     state.down_after = group.down_after.min(u32::from(u16::MAX)) as u16;
-    let detection = group.probe_interval * group.down_after + SILENCE_SLACK;
-    state.silence_ns = u64::try_from(detection.as_nanos()).unwrap_or(u64::MAX);
+    let interval_ns = u64::try_from(group.probe_interval.as_nanos()).unwrap_or(u64::MAX);
+    state.silence_ns = rule::silence_ns(interval_ns, group.down_after);
     state
 }
 
