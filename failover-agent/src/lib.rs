@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod ovs;
 pub mod probe;
 pub mod state;
+pub mod timer;

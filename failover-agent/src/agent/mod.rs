@@ -650,6 +650,7 @@ async fn run_async(config: Config, config_path: &std::path::Path) -> anyhow::Res
     let server = control::serve(&control_path, tx, agent.events()).context("starting the control socket")?;
     info!(control_socket = %control_path.display(), metrics = ?agent.metrics_addr, kernel_carrier = ?agent.kernel_carrier, "running");
 
+    let timer = crate::timer::RoundTimer::new().context("creating the round timer (timerfd)")?;
     let mut reexec = false;
     loop {
         let now = Instant::now();
@@ -663,14 +664,12 @@ async fn run_async(config: Config, config_path: &std::path::Path) -> anyhow::Res
             let q = query.clone();
             tokio::spawn(async move { q.refresh(ifindex).await });
         }
-        let due = agent
-            .next_deadline(now)
-            .map_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1), tokio::time::Instant::from_std);
+        let due = agent.next_deadline(now).unwrap_or_else(|| now + Duration::from_secs(1));
         let input = tokio::select! {
             biased;
             () = kernel_ready(kernel_fd.as_ref()) => Input::Kernel,
             Some(ev) = links.recv() => Input::Link(ev),
-            () = tokio::time::sleep_until(due) => Input::Timer,
+            () = timer.sleep_until(due) => Input::Timer,
             Some(r) = reachability.recv() => Input::Reachability(r),
             Some(done) = jobs_done.recv() => Input::OvsDone(done),
             Some(incoming) = requests.recv() => Input::Control(incoming),
