@@ -96,6 +96,9 @@ fn systemd_verifies_the_shipped_unit() {
     let (ok, out) = run(Command::new("cp").arg("-r").arg("/lib/systemd/system").arg(root.join("usr/lib/systemd/")));
     assert!(ok, "{out}");
     std::fs::copy(agent_binary(), root.join("usr/bin/failover-agent")).unwrap();
+    // ExecReload runs /bin/kill (procps, a dependency of the package).
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/kill", root.join("bin/kill")).unwrap();
     std::fs::copy(
         deploy().join("systemd/failover-agent.service"),
         root.join("etc/systemd/system/failover-agent.service"),
@@ -115,6 +118,10 @@ fn the_unit_runs_the_documented_commands_with_few_capabilities() {
     assert!(unit.contains("ExecStart=/usr/bin/failover-agent run --config /etc/failover-agent/failover-agent.toml"));
     assert!(unit.contains("Restart=on-failure"));
     assert!(unit.contains("RestartPreventExitStatus=2"), "a bad config is not retried");
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "systemctl reload sends SIGHUP, which the agent reloads on"
+    );
     let caps: Vec<&str> =
         unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).unwrap().split_whitespace().collect();
     assert_eq!(caps, ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW"]);
