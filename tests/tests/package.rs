@@ -269,3 +269,188 @@ fn the_installed_binary_passes_the_lab_demo() {
     assert!(out.contains("nothing left behind"), "{out}");
     eprintln!("{test}: the demo with the installed agent passed in {:.0} s", started.elapsed().as_secs_f64());
 }
+
+/// A configuration for the container: two uplinks on the veths nspawn
+/// makes (their gateways do not answer: NIC alarms, which is enough here).
+const CONTAINER_CONFIG: &str = r#"[agent]
+ovs_flows = false
+[[group]]
+name = "ext"
+bridge = "br-ext"
+[[group.uplink]]
+name = "primary"
+interface = "up1"
+gateway = "192.0.2.1"
+probe_source = "192.0.2.250"
+[[group.uplink]]
+name = "standby"
+interface = "up2"
+gateway = "192.0.2.1"
+probe_source = "192.0.2.250"
+"#;
+
+/// A Debian root booted by systemd-nspawn (its own network namespace with
+/// two veths, up1 and up2; a bpffs of its own at /sys/fs/bpf), stopped and
+/// its bpffs unmounted on drop.
+struct Container {
+    nspawn: std::process::Child,
+    init: u32,
+    bpffs: PathBuf,
+    log: PathBuf,
+}
+
+impl Container {
+    fn boot(root: &Root) -> Container {
+        let id = std::process::id() % 100_000;
+        let bpffs = std::env::temp_dir().join(unique_name("bpffs"));
+        std::fs::create_dir_all(&bpffs).unwrap();
+        let (ok, out) = run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs));
+        assert!(ok, "mounting a bpffs: {out}");
+        let log = root.0.with_extension("nspawn.log");
+        // --register=no --keep-unit: this machine's PID 1 is not systemd
+        // (no machined, no system bus). nspawn's seccomp filter refuses
+        // bpf(2) unless asked (--system-call-filter=bpf) and its capability
+        // set lacks CAP_BPF and CAP_PERFMON.
+        let nspawn = Command::new("systemd-nspawn")
+            .args(["-q", "--boot", "--register=no", "--keep-unit", "--private-network"])
+            .arg(format!("--machine=fa{id}"))
+            .arg(format!("--network-veth-extra=fp{id}a:up1"))
+            .arg(format!("--network-veth-extra=fp{id}b:up2"))
+            .arg(format!("--bind={}:/sys/fs/bpf", bpffs.display()))
+            .args(["--capability=CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf", "-D"])
+            .arg(&root.0)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+            .spawn()
+            .unwrap();
+        let mut c = Container { nspawn, init: 0, bpffs, log };
+        c.init = c.wait_for_init();
+        c
+    }
+
+    /// The container's PID 1 (the nspawn process's child), once it runs systemd.
+    fn wait_for_init(&mut self) -> u32 {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.nspawn.id())).unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().next().and_then(|p| p.parse::<u32>().ok())
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "systemd")
+            {
+                return pid;
+            }
+            let exited = self.nspawn.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "systemd-nspawn did not boot ({exited:?}): {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// `sh -c script` in the container (all its namespaces), as its root.
+    fn sh(&self, script: &str) -> (bool, String) {
+        run(Command::new("nsenter")
+            .arg(format!("--target={}", self.init))
+            .args(["--all", "sh", "-c", script])
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"))
+    }
+
+    /// Waits (at most 60 s) until `script` succeeds in the container.
+    fn wait(&self, script: &str) -> String {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (ok, out) = self.sh(script);
+            if ok {
+                return out;
+            }
+            assert!(Instant::now() < deadline, "{script}: {out}");
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+    }
+
+    /// The agent's metrics, scraped in the container's network namespace.
+    fn scrape(&self) -> String {
+        let script = "exec 3<>/dev/tcp/127.0.0.1/9731 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3";
+        run(Command::new("nsenter").arg(format!("--target={}", self.init)).args(["--net", "bash", "-c", script])).1
+    }
+
+    fn main_pid(&self) -> String {
+        self.sh("systemctl show -P MainPID failover-agent").1.trim().to_string()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        // SIGTERM: nspawn shuts the container down cleanly.
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(i32::try_from(self.nspawn.id()).unwrap_or(0), libc::SIGTERM) };
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while self.nspawn.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+        let _ = std::fs::remove_dir(&self.bpffs);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Installs, configures, starts, reloads, upgrades and removes the package
+/// under a real systemd (the root booted by systemd-nspawn), scraping the
+/// service's metrics.
+#[test]
+fn the_service_runs_under_systemd_in_a_booted_root() {
+    let test = "the_service_runs_under_systemd_in_a_booted_root";
+    if !ready(test) || !have("systemd-nspawn", test) {
+        return;
+    }
+    let started = Instant::now();
+    let root = Root::fresh("boot").with_package();
+    let c = Container::boot(&root);
+    c.wait("systemctl is-system-running --wait >/dev/null; systemctl is-active multi-user.target");
+    let (ok, out) = c.sh("dpkg -i target/debian/failover-agent_0.1.0-1_amd64.deb");
+    assert!(ok && out.contains("enabled, not started"), "dpkg -i: {out}");
+    let (_, state) = c.sh("systemctl is-active failover-agent; systemctl is-enabled failover-agent");
+    assert_eq!(state.split_whitespace().collect::<Vec<_>>(), ["inactive", "enabled"], "after a first install");
+
+    std::fs::write(root.join("/etc/failover-agent/failover-agent.toml"), CONTAINER_CONFIG).unwrap();
+    let (ok, out) = c.sh("failover-agent check-config /etc/failover-agent/failover-agent.toml");
+    assert!(ok, "{out}");
+    let (ok, out) = c.sh("systemctl start failover-agent");
+    assert!(ok, "systemctl start failover-agent: {out}");
+    c.wait("failover-agent status");
+    let metrics = c.scrape();
+    for want in [
+        "failover_build_info{version=\"0.1.0\"} 1",
+        "failover_active_uplink{group=\"ext\",uplink=\"primary\"} 1",
+        "failover_datapath_attached{group=\"ext\",ingress=\"tc\",tc_attach=\"tcx\",uplink=\"primary\"} 1",
+    ] {
+        assert!(metrics.contains(want), "the metrics under systemd lack {want}: {metrics}");
+    }
+    let pid = c.main_pid();
+    let (ok, out) = c.sh("systemctl reload failover-agent");
+    assert!(ok, "systemctl reload failover-agent: {out}");
+    c.wait("journalctl -u failover-agent | grep -q 'SIGHUP: configuration unchanged'");
+
+    // An upgrade restarts the agent; the pinned datapath stays meanwhile.
+    let (ok, out) = c.sh("dpkg -i target/debian/failover-agent_0.1.0-1_amd64.deb");
+    assert!(ok, "the upgrade: {out}");
+    c.wait("systemctl is-active failover-agent");
+    assert_ne!(c.main_pid(), pid, "the upgrade did not restart the agent");
+    c.wait("failover-agent status");
+
+    // Remove: stopped, and the datapath stays attached (its pins).
+    let (ok, out) = c.sh("dpkg -r failover-agent");
+    assert!(ok && out.contains("nothing detached"), "dpkg -r: {out}");
+    let (_, state) = c.sh("systemctl is-active failover-agent");
+    assert_ne!(state.trim(), "active", "dpkg -r left the agent running");
+    let links = std::fs::read_dir(c.bpffs.join("failover-agent/links")).map(Iterator::count).unwrap_or(0);
+    assert!(links > 0, "dpkg -r detached the datapath");
+    let (ok, out) = c.sh("dpkg -P failover-agent");
+    assert!(ok && !c.bpffs.join("failover-agent").exists(), "dpkg -P left the pins: {out}");
+    eprintln!("{test}: {:.0} s", started.elapsed().as_secs_f64());
+}
