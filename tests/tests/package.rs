@@ -19,7 +19,7 @@ use failover_tests::{privileged, unique_name};
 const DEB: &str = "failover-agent_0.1.0-1_amd64.deb";
 
 fn workspace() -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).canonicalize().unwrap()
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).canonicalize().expect("package test: setting up")
 }
 
 /// Whether `tool` is installed; under CI a missing tool is a failure.
@@ -78,13 +78,13 @@ fn base_root() -> PathBuf {
     let tmp = dir.join("debian12.partial");
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).expect("package test: setting up");
     let started = Instant::now();
     let (ok, out) =
         run(Command::new("debootstrap").args(["--variant=minbase", include, "bookworm"]).arg(&tmp).arg(mirror()));
     assert!(ok, "debootstrap: {out}");
-    std::fs::write(tmp.join(".complete"), include).unwrap();
-    std::fs::rename(&tmp, &root).unwrap();
+    std::fs::write(tmp.join(".complete"), include).expect("package test: setting up");
+    std::fs::rename(&tmp, &root).expect("package test: setting up");
     eprintln!("debootstrap made {} in {:.0} s", root.display(), started.elapsed().as_secs_f64());
     root
 }
@@ -95,7 +95,7 @@ struct Root(PathBuf);
 impl Root {
     fn fresh(kind: &str) -> Root {
         let base = base_root();
-        let path = base.parent().unwrap().join(unique_name(kind));
+        let path = base.parent().expect("package test: setting up").join(unique_name(kind));
         let (ok, out) = run(Command::new("cp").arg("-a").arg(&base).arg(&path));
         assert!(ok, "copying the root: {out}");
         Root(path)
@@ -107,8 +107,8 @@ impl Root {
 
     /// The package in the root at `/target/debian/`, as `cargo xtask deb` leaves it.
     fn with_package(self) -> Root {
-        std::fs::create_dir_all(self.join("target/debian")).unwrap();
-        std::fs::copy(package(), self.join(&format!("target/debian/{DEB}"))).unwrap();
+        std::fs::create_dir_all(self.join("target/debian")).expect("package test: setting up");
+        std::fs::copy(package(), self.join(&format!("target/debian/{DEB}"))).expect("package test: setting up");
         self
     }
 }
@@ -126,12 +126,20 @@ fn package() -> PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let started = Instant::now();
-            let out = Command::new(cargo).current_dir(workspace()).args(["xtask", "deb"]).output().unwrap();
+            let out = Command::new(cargo)
+                .current_dir(workspace())
+                .args(["xtask", "deb"])
+                .output()
+                .expect("package test: setting up");
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(out.status.success(), "cargo xtask deb: {stdout}{}", String::from_utf8_lossy(&out.stderr));
             let path = PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
             eprintln!("cargo xtask deb: {} in {:.0} s", path.display(), started.elapsed().as_secs_f64());
-            assert_eq!(path.file_name().unwrap().to_string_lossy(), DEB, "the docs name the package {DEB}");
+            assert_eq!(
+                path.file_name().expect("package test: setting up").to_string_lossy(),
+                DEB,
+                "the docs name the package {DEB}"
+            );
             path
         })
         .clone()
@@ -163,14 +171,15 @@ fn check_installed_files(root: &Root) {
         assert!(root.join(path).symlink_metadata().is_ok(), "{what}: {path} is not installed");
     }
     for dir in ["/usr/share/failover-agent/grafana", "/usr/share/failover-agent/alertmanager"] {
-        if workspace().join("deploy").join(Path::new(dir).file_name().unwrap()).is_dir() {
+        if workspace().join("deploy").join(Path::new(dir).file_name().expect("package test: setting up")).is_dir() {
             assert!(std::fs::read_dir(root.join(dir)).is_ok_and(|mut d| d.next().is_some()), "{dir} is empty");
         }
     }
     for doc in std::fs::read_dir(workspace().join("docs")).into_iter().flatten().flatten() {
         let name = doc.file_name().to_string_lossy().into_owned();
         let installed = root.join(&format!("/usr/share/doc/failover-agent/docs/{name}"));
-        assert!(!name.ends_with(".md") || installed.exists(), "docs/{name} is not installed");
+        let markdown = Path::new(&name).extension().is_some_and(|e| e == "md");
+        assert!(!markdown || installed.exists(), "docs/{name} is not installed");
     }
     let (ok, out) = run(Command::new("gzip").arg("-t").arg(root.join("/usr/share/man/man1/failover-agent.1.gz")));
     assert!(ok, "the man page is not gzip: {out}");
@@ -194,7 +203,7 @@ fn check_with_operator_tools(root: &Root) {
     let (ok, out) = run(Command::new("promtool").arg("check").arg("rules").arg(rules.join("alerts.yml")));
     assert!(ok && out.contains("SUCCESS"), "promtool check rules: {out}");
     let mut tests: Vec<String> = std::fs::read_dir(&rules)
-        .unwrap()
+        .expect("package test: setting up")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with("_test.yml"))
@@ -303,7 +312,7 @@ impl Container {
     fn boot(root: &Root) -> Container {
         let id = std::process::id() % 100_000;
         let bpffs = std::env::temp_dir().join(unique_name("bpffs"));
-        std::fs::create_dir_all(&bpffs).unwrap();
+        std::fs::create_dir_all(&bpffs).expect("package test: setting up");
         let (ok, out) = run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs));
         assert!(ok, "mounting a bpffs: {out}");
         let log = root.0.with_extension("nspawn.log");
@@ -320,10 +329,10 @@ impl Container {
             .args(["--capability=CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf", "-D"])
             .arg(&root.0)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+            .stdout(std::fs::File::create(&log).expect("package test: setting up"))
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).expect("package test: setting up")))
             .spawn()
-            .unwrap();
+            .expect("package test: setting up");
         let mut c = Container { nspawn, init: 0, bpffs, log };
         c.init = c.wait_for_init();
         c
@@ -331,7 +340,7 @@ impl Container {
 
     /// The container's PID 1 (the nspawn process's child), once it runs systemd.
     fn wait_for_init(&mut self) -> u32 {
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = Instant::now() + std::time::Duration::from_mins(1);
         loop {
             let children =
                 std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.nspawn.id())).unwrap_or_default();
@@ -340,7 +349,7 @@ impl Container {
             {
                 return pid;
             }
-            let exited = self.nspawn.try_wait().unwrap();
+            let exited = self.nspawn.try_wait().expect("package test: setting up");
             assert!(
                 exited.is_none() && Instant::now() < deadline,
                 "systemd-nspawn did not boot ({exited:?}): {}",
@@ -360,7 +369,7 @@ impl Container {
 
     /// Waits (at most 60 s) until `script` succeeds in the container.
     fn wait(&self, script: &str) -> String {
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = Instant::now() + std::time::Duration::from_mins(1);
         loop {
             let (ok, out) = self.sh(script);
             if ok {
@@ -448,7 +457,7 @@ fn the_service_runs_under_systemd_in_a_booted_root() {
     assert!(ok && out.contains("nothing detached"), "dpkg -r: {out}");
     let (_, state) = c.sh("systemctl is-active failover-agent");
     assert_ne!(state.trim(), "active", "dpkg -r left the agent running");
-    let links = std::fs::read_dir(c.bpffs.join("failover-agent/links")).map(Iterator::count).unwrap_or(0);
+    let links = std::fs::read_dir(c.bpffs.join("failover-agent/links")).map_or(0, Iterator::count);
     assert!(links > 0, "dpkg -r detached the datapath");
     let (ok, out) = c.sh("dpkg -P failover-agent");
     assert!(ok && !c.bpffs.join("failover-agent").exists(), "dpkg -P left the pins: {out}");
