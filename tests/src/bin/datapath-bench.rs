@@ -42,7 +42,7 @@ fn reply(spa: [u8; 4]) -> Vec<u8> {
 }
 
 /// The frames the ingress programs are timed on, arriving on up1 (whose
-/// gateway's MAC, GW1_MAC, is known).
+/// gateway's MAC, `GW1_MAC`, is known).
 fn ingress_frames() -> [(&'static str, Vec<u8>); 4] {
     let other_mac = [0x02, 0xfa, 0, 0, 0x0c, 0x09];
     [
