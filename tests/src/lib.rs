@@ -39,6 +39,19 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Whether the tool `tool` (run with `--version`) is installed. When it is
+/// not, says so and returns false (the caller returns early); under CI
+/// (`CI=true`) a missing tool is a failure, never a skip: `./dev` installs
+/// every tool the tests use.
+pub fn have(tool: &str, test: &str) -> bool {
+    if std::process::Command::new(tool).arg("--version").output().is_ok() {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: {tool} is not installed (./dev installs it)");
+    eprintln!("SKIPPED {test}: {tool} is not installed (./dev setup installs it)");
+    false
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A name unique on this machine while this process lives: `fa-t<pid>-<n>`.

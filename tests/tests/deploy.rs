@@ -11,21 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use failover_tests::{Netns, agent_lab::agent_binary, privileged, unique_name};
+use failover_tests::{Netns, agent_lab::agent_binary, have, privileged, unique_name};
 use serde_json::Value;
 
 fn deploy() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy"))
-}
-
-/// Whether `tool` is installed; under CI a missing tool is a failure.
-fn have(tool: &str, test: &str) -> bool {
-    if Command::new(tool).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: {tool} is not installed (./dev installs it)");
-    eprintln!("SKIPPED {test}: {tool} is not installed (./dev setup installs it)");
-    false
 }
 
 fn run(cmd: &mut Command) -> (bool, String) {

@@ -15,7 +15,7 @@ use std::{
     process::Command,
 };
 
-use failover_tests::agent_lab::agent_binary;
+use failover_tests::{agent_lab::agent_binary, have};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace above tests/").to_path_buf()
@@ -195,16 +195,6 @@ fn runnable(command: &str) -> Option<&'static str> {
     }
     let words: Vec<&str> = command.split_whitespace().collect();
     RUNS.iter().find(|(prog, args)| words.first() == Some(prog) && words[1..].starts_with(args)).map(|(p, _)| *p)
-}
-
-/// Whether `tool` is installed; under CI a missing tool is a failure.
-fn have(tool: &str, test: &str) -> bool {
-    if Command::new(tool).arg("--version").output().is_ok() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: {tool} is not installed (./dev installs it)");
-    eprintln!("SKIPPED {test}: {tool} is not installed (./dev setup installs it)");
-    false
 }
 
 /// Runs a runnable command from the repository root; a problem if it fails.

@@ -13,23 +13,13 @@ use std::{
     time::Instant,
 };
 
-use failover_tests::{privileged, unique_name};
+use failover_tests::{have, privileged, unique_name};
 
 /// The name `cargo xtask deb` gives the package (the docs show it).
 const DEB: &str = "failover-agent_0.1.0-1_amd64.deb";
 
 fn workspace() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).canonicalize().expect("package test: setting up")
-}
-
-/// Whether `tool` is installed; under CI a missing tool is a failure.
-fn have(tool: &str, test: &str) -> bool {
-    if Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
-        return true;
-    }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: {tool} is not installed (./dev installs it)");
-    eprintln!("SKIPPED {test}: {tool} is not installed (./dev setup installs it)");
-    false
 }
 
 fn ready(test: &str) -> bool {
