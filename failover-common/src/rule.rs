@@ -298,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_time_is_recorded_within_a_quarter_of_the_slack() {
+    fn a_frame_time_is_recorded_within_the_slack() {
         let ms = 1_000_000;
         assert_eq!(proof_grain(silence_ns(10 * ms, 3)), MAX_PROOF_GRAIN_NS);
         assert_eq!(proof_grain(4 * ms), 125_000);
