@@ -74,6 +74,11 @@ pub struct Job {
     pub flows: GroupFlows,
     /// Only compare with the bridge; install if it differs.
     pub verify_only: bool,
+    /// An install with nothing known about the bridge's rules (the agent
+    /// just started, the bridge came back, or the last install failed):
+    /// compare first and leave rules already as wanted alone (a restarted
+    /// agent finds its rules in place and changes nothing on the switch).
+    pub compare_first: bool,
     /// The first job on a bridge since it answers: also remove the agent's
     /// rules of other cookies than these (groups no longer configured).
     pub cleanup: Option<BTreeSet<u64>>,
@@ -106,7 +111,7 @@ pub fn run_job(cli: &OvsCli, job: Job) -> JobDone {
         }
         let ports = cli.bridge_ports(&bridge)?;
         let wanted = plan(&job.flows, &ports)?;
-        if job.verify_only && cli.dump(&bridge, job.flows.group)? == wanted.flows {
+        if (job.verify_only || job.compare_first) && cli.dump(&bridge, job.flows.group)? == wanted.flows {
             return Ok(false);
         }
         cli.apply(&bridge, job.flows.group, &wanted)?;
@@ -244,7 +249,8 @@ impl OvsSync {
                 g.in_flight = true;
                 g.next_verify = Some(now + VERIFY_EVERY);
                 let cleanup = self.cleanup.remove(&desired.bridge);
-                return Some(Job { group: i, flows: desired, verify_only: !changed, cleanup });
+                let compare_first = changed && g.installed.is_none();
+                return Some(Job { group: i, flows: desired, verify_only: !changed, compare_first, cleanup });
             }
         }
         None
@@ -424,13 +430,15 @@ mod tests {
         s.reachability("br0", true, t0);
         let job = s.next_job(t0).expect("install");
         assert!(!job.verify_only);
+        assert!(job.compare_first, "nothing known of the bridge's rules: compare before replacing");
         assert!(s.next_job(t0).is_none(), "one job at a time per group");
         s.done(&ok(&job), t0);
         assert!(s.next_job(t0).is_none(), "in place");
         assert_eq!(s.group_status(0), (true, true, None));
-        // A switchover: install again at once.
+        // A switchover: install again at once, without a comparison first.
         s.desire(0, flows(1));
-        assert!(!s.next_job(t0).unwrap().verify_only);
+        let job = s.next_job(t0).unwrap();
+        assert!(!job.verify_only && !job.compare_first);
     }
 
     #[test]
