@@ -68,7 +68,12 @@ impl RoundTimer {
             };
             let mut ticks = [0u8; 8];
             match ready.try_io(|fd| Ok(nix::unistd::read(fd.get_ref().0.as_fd(), &mut ticks)?)) {
-                Ok(Ok(_)) => return,
+                Ok(Ok(_)) => {
+                    // Drained: not readable until it is armed and expires
+                    // again (the next sleep waits instead of reading EAGAIN).
+                    ready.clear_ready();
+                    return;
+                }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // A cleared readiness (an old wake-up): wait again.
                 Err(_would_block) => {}

@@ -312,6 +312,12 @@ fn map_err(map: &'static str, op: impl Into<String>) -> impl FnOnce(MapError) ->
     move |source| DatapathError::Map { map, op, source }
 }
 
+/// [`map_err`] for reading slot `slot`, its text made only on an error (the
+/// counters are read every round).
+fn read_err(map: &'static str, slot: u32) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, op: format!("read slot {slot}"), source }
+}
+
 fn missing_map(name: &'static str) -> DatapathError {
     DatapathError::Map {
         map: name,
@@ -880,12 +886,11 @@ impl Datapath for EbpfDatapath {
     fn counters(&self, slot: u32) -> Result<Counters, DatapathError> {
         let map = map_ref(&self.ebpf, MAP_STATS)?;
         let stats: PerCpuArray<_, UplinkStats> = PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
-        let values = stats.get(&slot, 0).map_err(map_err(MAP_STATS, format!("read slot {slot}")))?;
+        let values = stats.get(&slot, 0).map_err(read_err(MAP_STATS, slot))?;
         let mut c = Counters::sum(values.iter());
         let map = map_ref(&self.ebpf, MAP_GWFRAMES)?;
         let frames: PerCpuArray<_, u64> = PerCpuArray::try_from(map).map_err(map_err(MAP_GWFRAMES, "open"))?;
-        c.gateway_frames =
-            frames.get(&slot, 0).map_err(map_err(MAP_GWFRAMES, format!("read slot {slot}")))?.iter().sum();
+        c.gateway_frames = frames.get(&slot, 0).map_err(read_err(MAP_GWFRAMES, slot))?.iter().sum();
         Ok(c)
     }
 
@@ -933,7 +938,7 @@ impl Datapath for EbpfDatapath {
     fn device(&self, slot: u32) -> Result<DevRef, DatapathError> {
         let map = map_ref(&self.ebpf, MAP_DEVS)?;
         let devs: Array<_, DevRef> = Array::try_from(map).map_err(map_err(MAP_DEVS, "open"))?;
-        devs.get(&slot, 0).map_err(map_err(MAP_DEVS, format!("read slot {slot}")))
+        devs.get(&slot, 0).map_err(read_err(MAP_DEVS, slot))
     }
 
     fn kernel_switches(&mut self) -> Vec<KernelSwitch> {
