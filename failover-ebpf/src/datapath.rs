@@ -334,10 +334,24 @@ fn reply_solicited(slot: u32, now: u64) -> bool {
             return false;
         }
         core::ptr::write_volatile(&raw mut (*p).answered, answered + 1);
+        proof_of_life(p, sent, now);
+    }
+    true
+}
+
+/// The gateway of the uplink whose `PROBES` entry is `p` proved alive at
+/// `now` (a reply, or a frame from it): the `sent` probes so far count as
+/// answered, and the silence counts from `now`.
+///
+/// # Safety
+/// `p` points to a valid `PROBES` value.
+#[inline(always)]
+unsafe fn proof_of_life(p: *mut ProbeCount, sent: u64, now: u64) {
+    // SAFETY: as the caller promises.
+    unsafe {
         core::ptr::write_volatile(&raw mut (*p).acked, sent);
         core::ptr::write_volatile(&raw mut (*p).last_reply_ns, now);
     }
-    true
 }
 
 /// A frame's bytes between `start` and `end` (XDP's `data`..`data_end`, or
@@ -520,8 +534,7 @@ fn gateway_frame(slot: u32, grain: u64) {
     unsafe {
         let sent = core::ptr::read_volatile(&raw const (*p).sent);
         if core::ptr::read_volatile(&raw const (*p).acked) < sent {
-            core::ptr::write_volatile(&raw mut (*p).acked, sent);
-            core::ptr::write_volatile(&raw mut (*p).last_reply_ns, now);
+            proof_of_life(p, sent, now);
         } else if now.saturating_sub(core::ptr::read_volatile(&raw const (*p).last_reply_ns)) >= grain {
             core::ptr::write_volatile(&raw mut (*p).last_reply_ns, now);
         }

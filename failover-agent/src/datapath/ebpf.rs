@@ -689,33 +689,37 @@ impl EbpfDatapath {
     }
 
     fn reset_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let map = map_mut(&mut self.ebpf, MAP_STATS)?;
-        let mut stats: PerCpuArray<_, UplinkStats> = PerCpuArray::try_from(map).map_err(map_err(MAP_STATS, "open"))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Map {
             map: MAP_STATS,
             op: "count possible CPUs".into(),
             source: MapError::SyscallError(aya::sys::SyscallError { call: "nr_cpus", io_error: e }),
         })?;
-        let zeros = PerCpuValues::try_from(vec![UplinkStats::default(); cpus]).map_err(|e| DatapathError::Map {
-            map: MAP_STATS,
-            op: format!("zero slot {slot}"),
-            source: MapError::SyscallError(aya::sys::SyscallError { call: "PerCpuValues", io_error: e }),
-        })?;
-        stats.set(slot, zeros, 0).map_err(map_err(MAP_STATS, format!("zero slot {slot}")))?;
+        self.zero_per_cpu::<UplinkStats>(MAP_STATS, slot, cpus)?;
+        self.zero_per_cpu::<u64>(MAP_GWFRAMES, slot, cpus)?;
         let mut probes: Array<_, ProbeCount> =
             Array::try_from(map_mut(&mut self.ebpf, MAP_PROBES)?).map_err(map_err(MAP_PROBES, "open"))?;
         probes.set(slot, ProbeCount::default(), 0).map_err(map_err(MAP_PROBES, format!("zero slot {slot}")))?;
         let mut devs: Array<_, DevRef> =
             Array::try_from(map_mut(&mut self.ebpf, MAP_DEVS)?).map_err(map_err(MAP_DEVS, "open"))?;
-        devs.set(slot, DevRef::default(), 0).map_err(map_err(MAP_DEVS, format!("zero slot {slot}")))?;
-        let mut frames: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map_mut(&mut self.ebpf, MAP_GWFRAMES)?).map_err(map_err(MAP_GWFRAMES, "open"))?;
-        let zeros = PerCpuValues::try_from(vec![0u64; cpus]).map_err(|e| DatapathError::Map {
-            map: MAP_GWFRAMES,
+        devs.set(slot, DevRef::default(), 0).map_err(map_err(MAP_DEVS, format!("zero slot {slot}")))
+    }
+
+    /// Sets slot `slot` of the per-CPU array `map` to `T::default()` on
+    /// each of `cpus` CPUs.
+    fn zero_per_cpu<T: aya::Pod + Default>(
+        &mut self,
+        map: &'static str,
+        slot: u32,
+        cpus: usize,
+    ) -> Result<(), DatapathError> {
+        let mut array: PerCpuArray<_, T> =
+            PerCpuArray::try_from(map_mut(&mut self.ebpf, map)?).map_err(map_err(map, "open"))?;
+        let zeros = PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|e| DatapathError::Map {
+            map,
             op: format!("zero slot {slot}"),
             source: MapError::SyscallError(aya::sys::SyscallError { call: "PerCpuValues", io_error: e }),
         })?;
-        frames.set(slot, zeros, 0).map_err(map_err(MAP_GWFRAMES, format!("zero slot {slot}")))
+        array.set(slot, zeros, 0).map_err(map_err(map, format!("zero slot {slot}")))
     }
 
     /// Removes pins of `ifname` left from an interface with another ifindex
