@@ -133,7 +133,7 @@ pub enum Command {
 }
 
 /// The completions written by [`generate`]: shell and file name.
-pub const COMPLETIONS: [(clap_complete::Shell, &str); 3] = [
+const COMPLETIONS: [(clap_complete::Shell, &str); 3] = [
     (clap_complete::Shell::Bash, "failover-agent.bash"),
     (clap_complete::Shell::Zsh, "_failover-agent"),
     (clap_complete::Shell::Fish, "failover-agent.fish"),

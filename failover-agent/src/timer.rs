@@ -74,7 +74,6 @@ impl RoundTimer {
                     ready.clear_ready();
                     return;
                 }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // A cleared readiness (an old wake-up): wait again.
                 Err(_would_block) => {}
                 Ok(Err(_)) => {
@@ -100,15 +99,16 @@ mod tests {
             timer.sleep_until(due).await;
             assert!(Instant::now() >= due, "woke before the deadline");
         }
-        // A short sleep given up before its deadline (another input won):
-        // the next, longer one still waits its own time.
+        // A sleep given up well before its deadline (another input won;
+        // tokio's own timeout rounds to a millisecond, hence 2 of 20): the
+        // next, longer one still waits its own time.
         let _ = tokio::time::timeout(
-            Duration::from_micros(100),
-            timer.sleep_until(Instant::now() + Duration::from_millis(1)),
+            Duration::from_millis(2),
+            timer.sleep_until(Instant::now() + Duration::from_millis(20)),
         )
         .await;
-        tokio::time::sleep(Duration::from_millis(3)).await; // the first one's expiry passes unread
-        let due = Instant::now() + Duration::from_millis(20);
+        tokio::time::sleep(Duration::from_millis(25)).await; // the first one's expiry passes unread
+        let due = Instant::now() + Duration::from_millis(40);
         timer.sleep_until(due).await;
         assert!(Instant::now() >= due, "an old expiry ended the next sleep early");
         // A deadline in the past: at once.

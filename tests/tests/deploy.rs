@@ -195,8 +195,8 @@ fn the_fleet_alert_and_the_per_host_ones_line_up_for_the_inhibit_rule() {
     let fleet = &fleet[0]["labels"];
     assert!(matches(fleet, &source), "{fleet} is not the inhibit rule's source {source:?}");
     assert_eq!(fleet["gateway"], "192.0.2.1");
-    let mut instances: Vec<&str> = hosts.iter().map(|a| a["labels"]["instance"].as_str().unwrap()).collect();
-    instances.dedup();
+    let instances: std::collections::BTreeSet<&str> =
+        hosts.iter().map(|a| a["labels"]["instance"].as_str().unwrap()).collect();
     assert_eq!(instances.len(), 50, "50 distinct hosts");
     for host in &hosts {
         let host = &host["labels"];

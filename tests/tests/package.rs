@@ -17,6 +17,8 @@ use failover_tests::{have, privileged, unique_name};
 
 /// The name `cargo xtask deb` gives the package (the docs show it).
 const DEB: &str = "failover-agent_0.1.0-1_amd64.deb";
+/// How the package is installed, in the root as on a host (the docs show it).
+const INSTALL: &str = "dpkg -i target/debian/failover-agent_0.1.0-1_amd64.deb";
 
 fn workspace() -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).canonicalize().expect("package test: setting up")
@@ -86,9 +88,10 @@ impl Root {
     fn fresh(kind: &str) -> Root {
         let base = base_root();
         let path = base.parent().expect("package test: setting up").join(unique_name(kind));
-        let (ok, out) = run(Command::new("cp").arg("-a").arg(&base).arg(&path));
+        let root = Root(path); // removed on drop, also after a failed copy
+        let (ok, out) = run(Command::new("cp").arg("-a").arg(&base).arg(&root.0));
         assert!(ok, "copying the root: {out}");
-        Root(path)
+        root
     }
 
     fn join(&self, p: &str) -> PathBuf {
@@ -212,7 +215,7 @@ fn the_package_installs_upgrades_removes_and_purges_as_debian_policy_says() {
     }
     let started = Instant::now();
     let root = Root::fresh("deb").with_package();
-    let (ok, out) = chroot(&root.0, "dpkg -i target/debian/failover-agent_0.1.0-1_amd64.deb");
+    let (ok, out) = chroot(&root.0, INSTALL);
     assert!(ok, "dpkg -i: {out}");
     assert!(out.contains("enabled, not started"), "first install without a valid config says so: {out}");
     assert_eq!(dpkg_status(&root), "install ok installed");
@@ -223,7 +226,7 @@ fn the_package_installs_upgrades_removes_and_purges_as_debian_policy_says() {
     let conf = root.join("/etc/failover-agent/failover-agent.toml");
     let edited = format!("{}\n# edited by the operator\n", std::fs::read_to_string(&conf).unwrap());
     std::fs::write(&conf, &edited).unwrap();
-    let (ok, out) = chroot(&root.0, "dpkg -i target/debian/failover-agent_0.1.0-1_amd64.deb");
+    let (ok, out) = chroot(&root.0, INSTALL);
     assert!(ok && !out.contains("enabled, not started"), "an upgrade is no first install: {out}");
     assert_eq!(std::fs::read_to_string(&conf).unwrap(), edited, "the upgrade replaced the operator's file");
 
@@ -258,7 +261,7 @@ fn the_installed_binary_passes_the_lab_demo() {
         return;
     }
     let root = Root::fresh("demo").with_package();
-    let (ok, out) = chroot(&root.0, "dpkg -i target/debian/failover-agent_0.1.0-1_amd64.deb");
+    let (ok, out) = chroot(&root.0, INSTALL);
     assert!(ok, "dpkg -i: {out}");
     let agent = root.join("/usr/bin/failover-agent");
     let started = Instant::now();
@@ -294,16 +297,16 @@ probe_source = "192.0.2.250"
 struct Container {
     nspawn: std::process::Child,
     init: u32,
-    bpffs: PathBuf,
+    bpffs: BpfMount,
     log: PathBuf,
 }
 
 impl Container {
     fn boot(root: &Root) -> Container {
         let id = std::process::id() % 100_000;
-        let bpffs = std::env::temp_dir().join(unique_name("bpffs"));
-        std::fs::create_dir_all(&bpffs).expect("package test: setting up");
-        let (ok, out) = run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs));
+        let bpffs = BpfMount(std::env::temp_dir().join(unique_name("bpffs")));
+        std::fs::create_dir_all(&bpffs.0).expect("package test: setting up");
+        let (ok, out) = run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs.0));
         assert!(ok, "mounting a bpffs: {out}");
         let log = root.0.with_extension("nspawn.log");
         // --register=no --keep-unit: this machine's PID 1 is not systemd
@@ -315,7 +318,7 @@ impl Container {
             .arg(format!("--machine=fa{id}"))
             .arg(format!("--network-veth-extra=fp{id}a:up1"))
             .arg(format!("--network-veth-extra=fp{id}b:up2"))
-            .arg(format!("--bind={}:/sys/fs/bpf", bpffs.display()))
+            .arg(format!("--bind={}:/sys/fs/bpf", bpffs.0.display()))
             .args(["--capability=CAP_BPF,CAP_PERFMON", "--system-call-filter=bpf", "-D"])
             .arg(&root.0)
             .stdin(Stdio::null())
@@ -392,9 +395,19 @@ impl Drop for Container {
         }
         let _ = self.nspawn.kill();
         let _ = self.nspawn.wait();
-        let _ = Command::new("umount").arg(&self.bpffs).status();
-        let _ = std::fs::remove_dir(&self.bpffs);
         let _ = std::fs::remove_file(&self.log);
+        // The bpffs goes after nspawn (a field: dropped after this).
+    }
+}
+
+/// The container's bpffs, a mount point of its own: unmounted and removed on
+/// drop, also when the container never started.
+struct BpfMount(PathBuf);
+
+impl Drop for BpfMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
     }
 }
 
@@ -411,7 +424,7 @@ fn the_service_runs_under_systemd_in_a_booted_root() {
     let root = Root::fresh("boot").with_package();
     let c = Container::boot(&root);
     c.wait("systemctl is-system-running --wait >/dev/null; systemctl is-active multi-user.target");
-    let (ok, out) = c.sh("dpkg -i target/debian/failover-agent_0.1.0-1_amd64.deb");
+    let (ok, out) = c.sh(INSTALL);
     assert!(ok && out.contains("enabled, not started"), "dpkg -i: {out}");
     let (_, state) = c.sh("systemctl is-active failover-agent; systemctl is-enabled failover-agent");
     assert_eq!(state.split_whitespace().collect::<Vec<_>>(), ["inactive", "enabled"], "after a first install");
@@ -436,7 +449,7 @@ fn the_service_runs_under_systemd_in_a_booted_root() {
     c.wait("journalctl -u failover-agent | grep -q 'SIGHUP: configuration unchanged'");
 
     // An upgrade restarts the agent; the pinned datapath stays meanwhile.
-    let (ok, out) = c.sh("dpkg -i target/debian/failover-agent_0.1.0-1_amd64.deb");
+    let (ok, out) = c.sh(INSTALL);
     assert!(ok, "the upgrade: {out}");
     c.wait("systemctl is-active failover-agent");
     assert_ne!(c.main_pid(), pid, "the upgrade did not restart the agent");
@@ -447,9 +460,9 @@ fn the_service_runs_under_systemd_in_a_booted_root() {
     assert!(ok && out.contains("nothing detached"), "dpkg -r: {out}");
     let (_, state) = c.sh("systemctl is-active failover-agent");
     assert_ne!(state.trim(), "active", "dpkg -r left the agent running");
-    let links = std::fs::read_dir(c.bpffs.join("failover-agent/links")).map_or(0, Iterator::count);
+    let links = std::fs::read_dir(c.bpffs.0.join("failover-agent/links")).map_or(0, Iterator::count);
     assert!(links > 0, "dpkg -r detached the datapath");
     let (ok, out) = c.sh("dpkg -P failover-agent");
-    assert!(ok && !c.bpffs.join("failover-agent").exists(), "dpkg -P left the pins: {out}");
+    assert!(ok && !c.bpffs.0.join("failover-agent").exists(), "dpkg -P left the pins: {out}");
     eprintln!("{test}: {:.0} s", started.elapsed().as_secs_f64());
 }

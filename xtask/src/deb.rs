@@ -43,13 +43,8 @@ pub fn conffile(example: &str) -> String {
 
 /// cargo-deb: on PATH, else where `./dev setup` installs it.
 fn cargo_deb() -> Result<PathBuf> {
-    let tools = std::env::var_os("FAILOVER_BPF_TOOLS").map(PathBuf::from).or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|c| c.join("failover-agent-dev/tools"))
-    });
-    if let Some(bin) = tools.map(|t| t.join("bin/cargo-deb")).filter(|b| b.is_file()) {
+    let bin = crate::ebpf_toolchain::tools_dir().join("bin/cargo-deb");
+    if bin.is_file() {
         return Ok(bin);
     }
     if Command::new("cargo-deb").arg("--version").output().is_ok_and(|o| o.status.success()) {

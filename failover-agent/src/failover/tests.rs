@@ -568,9 +568,9 @@ fn a_quiet_gateway_is_probed_again_and_found_dead_in_down_after_quiet_rounds() {
     traffic(&mut h, 0, 100);
     h.tick(&[1]);
     // Traffic and replies stop: the first quiet round counts as one miss
-    // and probes; down after `down_after` (3) rounds. (Counted from the
-    // last round that saw traffic: up to one interval after the traffic
-    // stopped, which is why data-plane liveness is not the default yet.)
+    // and probes; down after `down_after` (3) rounds, counted from the
+    // last round that saw traffic. (The kernel counts from the gateway's
+    // last frame: the fast rule is the quicker judge here.)
     let a = h.tick(&[1]);
     assert!(probes(&a).iter().any(|p| p.0 == 0), "probed once quiet");
     assert!(switches(&a).is_empty());
